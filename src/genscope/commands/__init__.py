@@ -1,0 +1,1 @@
+"""CLI command modules; each defines ``add_parsers(sub)`` and registers its commands with ``@command``."""

@@ -17,3 +17,12 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # genscope.profile(...) without importing torch/diffusers at package import time
+    if name == "profile":
+        from genscope.api import profile
+
+        return profile
+    raise AttributeError(f"module 'genscope' has no attribute {name!r}")

@@ -158,32 +158,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("characterize")
-def cmd_characterize(args: argparse.Namespace) -> int:
-    """Interim main job: one small stable-diffusion image + the suite's components at paper scale."""
-    from genscope.workloads import registry
-    from genscope.workloads.base import RunSettings
-
-    names = args.models or registry.available()
-    for name in names:
-        registry.get(name)
-    out_root = Path(args.out)
-    print(f"== components and parameters at paper scale ({len(names)} workloads, meta device)")
-    for name in names:
-        info = describe_model(name, "paper")
-        parts = ", ".join(f"{c['name']}={c['class']} {c['params'] / 1e6:,.1f}M" for c in info["components"])
-        print(f"{name:>17}: {info['params_total'] / 1e9:6.3f} B  [{parts}]")
-    print("== stable-diffusion @ small: one image")
-    settings = RunSettings(preset=args.preset, steps=args.steps)
-    out_dir = prepare_out_dir(str(out_root / f"stable-diffusion-{args.preset}"), "", overwrite=True)
-    summary = run_and_write("stable-diffusion", settings, out_dir)
-    _print_table([{"phase": k, "calls": summary["phase_calls"][k], "time_ms": v}
-                  for k, v in summary["phase_time_ms"].items()], ["phase", "calls", "time_ms"])
-    print(f"wrote {out_dir / summary['outputs'][0]}")
-    return 0
-
-
-
 def add_parsers(sub) -> None:
     p = sub.add_parser("models", help="list the workloads of the suite")
     p.add_argument("--json", action="store_true")
@@ -211,9 +185,3 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", help="output folder (default genscope-out/MODEL-PRESET-TIME)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--json", action="store_true")
-
-    p = sub.add_parser("characterize", help="the main job: characterize the suite")
-    p.add_argument("--preset", default="small")
-    p.add_argument("--models", nargs="+")
-    p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--out", default="genscope-out")

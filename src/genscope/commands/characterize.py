@@ -59,8 +59,9 @@ def breakdown_task(workload: str, preset: str, repeat: int, mode: str, device: s
 
 def extra_tasks(workloads: list[str], preset: str, device: str, dtype: str) -> list[Task]:
     """Tasks of the other studies (analysis, temporal, optimization) that exist in this checkout."""
-    from genscope.studies import suite_tasks
+    import importlib
 
+    suite_tasks = importlib.import_module("genscope.studies.suite_tasks")
     return [Task(t.study, t.workload, t.settings, t.run, preset=t.preset, device=device, dtype=dtype)
             for t in suite_tasks.tasks(workloads, preset, device, dtype)]
 

@@ -31,7 +31,7 @@ from genscope.results.store import ResultsStore, RunRecord
 from genscope.workloads.registry import SUITE
 
 STUDY = "breakdown"
-FILL_COMMAND = "genscope profile stable-diffusion --preset small"  # one run per workload (attention both)
+FILL_COMMAND = "genscope characterize"  # or: genscope profile MODEL (one workload, both backends)
 
 # Table II of Golden et al., "Generative AI Beyond LLMs: System Implications of Multi-Modal Generation"
 # (/work/shared/papers/genai-beyond-llms-v2.txt, "TABLE II: End-to-end speedup of Flash Attention as compared

@@ -92,7 +92,7 @@ def render(store: ResultsStore, strict: bool = False) -> str:
         "stored runs only.</p>",
     ]
     if len(runs) == 0:
-        commands = [cmd for _, cmd in missing if cmd] or ["genscope profile stable-diffusion --preset small"]
+        commands = [cmd for _, cmd in missing if cmd] or ["genscope characterize"]
         parts.append('<div class="empty"><p><strong>Nothing is stored yet.</strong> This database holds no runs. '
                      "Fill it by running a study, e.g.:</p><ul>"
                      + "".join(f"<li><code>{esc(cmd)}</code></li>" for cmd in commands)

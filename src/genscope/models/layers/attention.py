@@ -545,7 +545,8 @@ def install_attention(model: nn.Module, prefix: str = "",
     """Route every attention module of ``model`` through :func:`attention`; return the sites installed.
 
     ``prefix`` names the component (``denoiser``, ``text_encoder``, ...) so that paths are unique in a
-    workload. ``kind_fn(path, module)`` overrides :func:`default_kind` where a model needs it.
+    workload. For transformers models the model's config is switched to ``attn_implementation="genscope"``
+    in place (as ``set_attn_implementation`` does): models sharing one config object are switched together. ``kind_fn(path, module)`` overrides :func:`default_kind` where a model needs it.
     """
     from diffusers.models.attention_processor import Attention as DiffusersAttention
 

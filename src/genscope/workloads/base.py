@@ -153,6 +153,10 @@ class Workload(abc.ABC):
         if not isinstance(guidance, (int, float)) or not math.isfinite(guidance) or not 0.0 <= guidance <= MAX_GUIDANCE:
             raise UserError(f"guidance scale {guidance} is out of range: accepted 0 to {MAX_GUIDANCE} "
                             "(1 or less turns classifier-free guidance off)")
+        if settings.frames is not None and self.modality != "video":
+            raise UserError(f"--frames applies to video workloads only ({self.name} makes {self.modality} output)")
+        if settings.frames is not None:
+            check_range("frames", settings.frames, 1, MAX_FRAMES)
         check_range("seed", settings.seed, 0, 2**63 - 1)
         check_range("batch size", settings.batch_size, 1, 64)
         weights = None
@@ -212,7 +216,9 @@ def with_preset(settings: RunSettings, preset: str) -> RunSettings:
 # Output files
 # ----------------------------------------------------------------------------------------------------
 def to_pil(images: torch.Tensor) -> list[Any]:
-    """images: [B, 3, H, W] in [-1, 1] -> PIL images."""
+    """images: [B, 3, H, W] in [-1, 1] -> PIL images (none for meta tensors: shapes only, no pixels)."""
+    if images.device.type == "meta":
+        return []
     from PIL import Image
 
     arr = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

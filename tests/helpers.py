@@ -17,7 +17,7 @@ def run_tiny(name: str, **overrides):
     workload = registry.get(name)
     settings = replace(RunSettings(preset="tiny"), **overrides)
     request = workload.request(settings)
-    pipeline = workload.build(workload.config("tiny"), request.device, request.dtype)
+    pipeline = workload.build(workload.config(request.preset), request.device, request.dtype, request.weights)
     with record_phases() as times:
         generation = pipeline(request)
     return pipeline, request, generation, times
@@ -42,7 +42,7 @@ def run_peak_bytes(name: str, **overrides) -> int:
     """Peak new-tensor bytes of a whole tiny run (weights excluded)."""
     workload = registry.get(name)
     request = workload.request(replace(RunSettings(preset="tiny"), **overrides))
-    pipeline = workload.build(workload.config("tiny"), request.device, request.dtype)
+    pipeline = workload.build(workload.config(request.preset), request.device, request.dtype)
     with track_peak_memory() as stats:
         pipeline(request)
     return stats.peak_bytes

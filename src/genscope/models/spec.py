@@ -33,6 +33,11 @@ ALLOWED_CLASSES: dict[str, tuple[str, str, str | None]] = {
     "CLIPTextModelWithProjection": ("transformers", "transformers", "CLIPTextConfig"),
     "T5EncoderModel": ("transformers", "transformers", "T5Config"),
     "LlamaForCausalLM": ("transformers", "transformers", "LlamaConfig"),
+    "GPT2LMHeadModel": ("transformers", "transformers", "GPT2Config"),
+    # genscope's own (diffusers ModelMixin/ConfigMixin) modules, where no library model fits
+    "MaskGITTransformer": ("genscope", "genscope.models.layers.maskgit", None),
+    "CViViTDecoder": ("genscope", "genscope.models.phenaki", None),
+    "ViTVQGANDecoder": ("genscope", "genscope.models.parti", None),
 }
 
 

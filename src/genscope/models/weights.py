@@ -32,6 +32,8 @@ def check_weights_dir(path: str | Path, subfolders: list[str]) -> Path:
         folder = root / sub
         if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
             missing.append(sub)
+    if missing == ["."]:  # a flat folder (subfolders ("."): e.g. a transformers-layout Llama folder)
+        raise UserError(f"weights folder {str(root)!r} is incomplete: it needs config.json and *.safetensors")
     if missing:
         raise UserError(f"weights folder {str(root)!r} is incomplete: {', '.join(missing)} need config.json and "
                         f"*.safetensors (expected subfolders: {', '.join(subfolders)})")

@@ -44,6 +44,14 @@ def build_components(config: LatentDiffusionConfig, device, dtype, weights: Path
     return comps, sites
 
 
+def prompt_batch(request: Request) -> list[str]:
+    """What a text encoder sees: [negative]*B + [prompt]*B with guidance (uncond first), else [prompt]*B."""
+    prompts = [request.prompt] * request.batch_size
+    if request.use_cfg:
+        prompts = [request.negative_prompt] * request.batch_size + prompts
+    return prompts
+
+
 class StableDiffusionPipeline(Pipeline):
     config: LatentDiffusionConfig
 
@@ -51,10 +59,7 @@ class StableDiffusionPipeline(Pipeline):
         """-> [2B, T, D] ([uncond; cond]) with guidance, else [B, T, D]."""
         text_encoder = self.component("text_encoder")
         tokenizer = make_tokenizer(text_encoder.config.vocab_size, self.config.text_len, request.weights)
-        prompts = [request.prompt] * request.batch_size
-        if request.use_cfg:
-            prompts = [request.negative_prompt] * request.batch_size + prompts
-        ids = tokenizer(prompts, device=self.device)
+        ids = tokenizer(prompt_batch(request), device=self.device)
         return text_encoder(ids)[0]
 
     def generate(self, request: Request) -> Generation:

@@ -32,7 +32,7 @@ def test_interrupted_plan_resumes_without_duplicates(tmp_path):
 def test_characterize_tiny_stores_breakdown_and_writes_report(tmp_path, capsys):
     db, out = tmp_path / "r.db", tmp_path / "out"
     argv = ["characterize", "--preset", "tiny", "--models", "stable-diffusion", "--repeat", "1",
-            "--db", str(db), "--out", str(out)]
+            "--studies", "breakdown", "--db", str(db), "--out", str(out)]
     assert main(argv) == 0
     store = ResultsStore(db)
     rec = store.latest("breakdown", workload="stable-diffusion")
@@ -44,6 +44,17 @@ def test_characterize_tiny_stores_breakdown_and_writes_report(tmp_path, capsys):
     assert main(argv) == 0  # everything stored: nothing is run again
     assert len(ResultsStore(db).list_runs()) == n_runs
     assert "skipped" in capsys.readouterr().out
+
+
+def test_failing_step_is_reported_and_others_still_run(tmp_path):
+    store = ResultsStore(tmp_path / "r.db")
+
+    def boom():
+        raise RuntimeError("broken study")
+
+    calls = []
+    counts = run_plan([Task("unit", "x", {}, boom, preset="tiny"), _task("y", calls)], store)
+    assert counts["failed"] == 1 and counts["done"] == 1 and calls == ["y"]
 
 
 def test_characterize_unknown_model_is_exit_2(tmp_path, capsys):

@@ -44,7 +44,8 @@ class Task:
     device: str = "cpu"
     dtype: str = "float32"
     key: str = field(default="")
-
+    self_storing: bool = False  # the task's command stored its own record; we store a step marker
+    error: str = ""
 
 def breakdown_task(workload: str, preset: str, repeat: int, mode: str, device: str, dtype: str) -> Task:
     from genscope.studies.breakdown import run_breakdown
@@ -57,22 +58,70 @@ def breakdown_task(workload: str, preset: str, repeat: int, mode: str, device: s
                 preset=preset, device=device, dtype=dtype)
 
 
-def extra_tasks(workloads: list[str], preset: str, device: str, dtype: str) -> list[Task]:
-    """Tasks of the other studies (analysis, temporal, optimization) that exist in this checkout."""
-    import importlib
+# The other studies, run through their own commands (which store their records): (study, workload, argv).
+# Paper-scale analytical studies run on the meta device (seconds); measured ones at the small preset.
+def command_steps(workloads: list[str], preset: str) -> list[tuple[str, str, list[str]]]:
+    steps: list[tuple[str, str, list[str]]] = []
+    for w in workloads:
+        steps.append(("flops", w, ["flops", w, "--preset", "paper"]))
+    for w in workloads:
+        steps.append(("seqlen", w, ["seqlen", w, "--preset", "paper"]))
+    if "stable-diffusion" in workloads:
+        steps.append(("seqlen-sizes", "stable-diffusion",
+                      ["seqlen", "stable-diffusion", "--preset", "paper", "--image-size", "64", "128", "256", "512",
+                       "1024"]))
+    for w in ("stable-diffusion", "imagen"):
+        if w in workloads:
+            steps.append(("memory-model", w, ["memory-model", w, "--preset", "paper"]))
+    steps.append(("taxonomy", "suite", ["taxonomy", "--models", *workloads]))
+    steps.append(("roofline", "suite", ["roofline", "--models", *workloads]))
+    if "stable-diffusion" in workloads:
+        steps.append(("scaling", "stable-diffusion", ["scaling", "--preset", preset, "--repeat", "1"]))
+    steps.append(("prefill-decode", "suite", ["prefill-decode", "--models", *workloads, "--preset", preset,
+                                              "--repeat", "3"]))
+    if "make-a-video" in workloads:
+        steps.append(("temporal", "make-a-video", ["temporal", "--model", "make-a-video", "--preset", preset]))
+    if "stable-diffusion" in workloads:
+        steps.append(("optimization", "stable-diffusion",
+                      ["optimize", "stable-diffusion", "--preset", preset, "--ablation", "--winograd-table"]))
+    return steps
 
-    suite_tasks = importlib.import_module("genscope.studies.suite_tasks")
-    return [Task(t.study, t.workload, t.settings, t.run, preset=t.preset, device=device, dtype=dtype)
-            for t in suite_tasks.tasks(workloads, preset, device, dtype)]
+
+def command_task(study: str, workload: str, argv: list[str], db: str, preset: str, device: str, dtype: str) -> Task:
+    """A study run through its CLI command in this process; the command stores its own record."""
+    import contextlib
+    import io
+
+    from genscope.cli import COMMANDS, build_parser
+
+    def run():
+        args = build_parser().parse_args([*argv, "--db", db])
+        out = io.StringIO()
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(out):
+            rc = COMMANDS[args.command](args)
+        if rc != 0:
+            raise UserError(f"characterize step {' '.join(argv)!r} exited {rc}")
+        return {"step": pd.DataFrame([{"command": "genscope " + " ".join(argv), "time_s": time.perf_counter() - start,
+                                       "output_lines": out.getvalue().count("\n")}])}
+
+    return Task(study, workload, {"argv": argv}, run, preset=preset, device=device, dtype=dtype, self_storing=True)
 
 
-def plan(workloads: list[str], preset: str, repeat: int, mode: str, device: str, dtype: str) -> list[Task]:
+def extra_tasks(workloads: list[str], preset: str, device: str, dtype: str, db: str) -> list[Task]:
+    """Tasks of the other studies whose commands exist in this checkout."""
+    from genscope.cli import COMMANDS, build_parser
+
+    build_parser()  # imports every command module present
+    return [command_task(study, workload, argv, db, preset, device, dtype)
+            for study, workload, argv in command_steps(workloads, preset) if argv[0] in COMMANDS]
+
+
+def plan(workloads: list[str], preset: str, repeat: int, mode: str, device: str, dtype: str, db: str,
+         studies: str = "all") -> list[Task]:
     tasks = [breakdown_task(w, preset, repeat, mode, device, dtype) for w in workloads]
-    try:
-        tasks += extra_tasks(workloads, preset, device, dtype)
-    except ModuleNotFoundError as exc:
-        if exc.name != "genscope.studies.suite_tasks":
-            raise
+    if studies == "all":
+        tasks += extra_tasks(workloads, preset, device, dtype, db)
     return tasks
 
 
@@ -90,8 +139,16 @@ def run_plan(tasks: list[Task], store, *, fresh: bool = False, on_event: Callabl
             continue
         if on_event:
             on_event("start", task)
-        tables = task.run()
-        store.save_run(RunRecord(study=task.study, workload=task.workload, preset=task.preset,
+        try:
+            tables = task.run()
+        except Exception as exc:  # one broken study must not cost the others (Ctrl-C still stops everything)
+            counts["failed"] += 1
+            task.error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if on_event:
+                on_event("failed", task)
+            continue
+        study = f"characterize-step:{task.study}" if task.self_storing else task.study
+        store.save_run(RunRecord(study=study, workload=task.workload, preset=task.preset,
                                  settings=task.settings, device=task.device, dtype=task.dtype, tables=tables,
                                  key=task.key))
         counts["done"] += 1
@@ -115,7 +172,7 @@ def cmd_characterize(args: argparse.Namespace) -> int:
     if args.repeat < 1:
         raise UserError(f"--repeat must be at least 1, got {args.repeat}")
     store = ResultsStore(args.db)
-    tasks = plan(names, args.preset, args.repeat, args.mode, args.device, args.dtype)
+    tasks = plan(names, args.preset, args.repeat, args.mode, args.device, args.dtype, str(store.path), args.studies)
     start = time.perf_counter()
     print(f"genscope characterize: {len(tasks)} tasks over {len(names)} workloads at preset {args.preset!r} "
           f"on {args.device}; results in {store.path}")
@@ -130,6 +187,8 @@ def cmd_characterize(args: argparse.Namespace) -> int:
                 progress.advance(bar)
                 if event == "skipped":
                     progress.console.print(f"  stored already, skipped: {task.study} {task.workload}")
+                elif event == "failed":
+                    progress.console.print(f"  FAILED: {task.study} {task.workload}: {task.error}")
 
         try:
             counts = run_plan(tasks, store, fresh=args.fresh, on_event=on_event)
@@ -138,10 +197,10 @@ def cmd_characterize(args: argparse.Namespace) -> int:
             print("genscope: interrupted - finished tasks are stored; run the same command again to continue")
             return 130
     out = build_report(store, Path(args.out))
-    print(f"{counts['done']} tasks run, {counts['skipped']} already stored, in "
+    print(f"{counts['done']} tasks run, {counts['skipped']} already stored, {counts['failed']} failed, in "
           f"{time.perf_counter() - start:.0f} s; report: {out}")
     _print_summary(store, names, args.preset)
-    return 0
+    return 1 if counts["failed"] else 0
 
 
 def _print_summary(store, names: list[str], preset: str) -> None:
@@ -171,3 +230,5 @@ def add_parsers(sub) -> None:
     p.add_argument("--db", help="results database (default ~/.genscope/results.db or $GENSCOPE_DB)")
     p.add_argument("--out", default="genscope-out", help="folder for index.html")
     p.add_argument("--fresh", action="store_true", help="run every task again even if stored")
+    p.add_argument("--studies", default="all", choices=("all", "breakdown"),
+                   help="all studies (default) or only the operator breakdown")

@@ -108,7 +108,7 @@ def test_empty_store_report(tmp_path, capsys):
     printed = capsys.readouterr().out.strip()
     assert printed == str(out / "index.html")
     page = (out / "index.html").read_text()
-    assert "Nothing is stored yet" in page and "genscope profile" in page and "<img" not in page
+    assert "Nothing is stored yet" in page and "genscope characterize" in page and "<img" not in page
 
 
 def test_caption_text(filled):

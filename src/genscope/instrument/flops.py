@@ -129,19 +129,28 @@ def _is_view(packet) -> bool:
     return _VIEW_CACHE[packet]
 
 
-def _tensor_bytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
-
-
 def op_bytes(packet, args, kwargs, out) -> int:
     """Bytes one op moves under the eager traffic model (see the module docstring)."""
     if packet in _NO_TRAFFIC or _is_view(packet):
         return 0
-    inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-    outputs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+    inputs = _tensors(args)
+    if kwargs:
+        inputs += _tensors(tuple(kwargs.values()))
     if packet in _WRITE_ONLY_FIRST and inputs:
         inputs = inputs[1:]  # the destination is written, not read
-    return sum(_tensor_bytes(t) for t in inputs) + sum(_tensor_bytes(t) for t in outputs)
+    outputs = [out] if isinstance(out, torch.Tensor) else _tensors(out) if isinstance(out, (tuple, list)) else []
+    return sum(t.numel() * t.element_size() for t in inputs) + sum(t.numel() * t.element_size() for t in outputs)
+
+
+def _tensors(values: tuple | list) -> list[torch.Tensor]:
+    """Tensors among an op's arguments (ATen arguments nest at most one level: Tensor[] lists)."""
+    found = []
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            found.append(v)
+        elif isinstance(v, (tuple, list)):
+            found.extend(t for t in v if isinstance(t, torch.Tensor))
+    return found
 
 
 def op_softmax_flops(packet, args) -> int:
@@ -161,14 +170,34 @@ def op_name(packet) -> str:
 # ----------------------------------------------------------------------------------------------------
 # The counter
 # ----------------------------------------------------------------------------------------------------
+SERIES_WINDOW = 4  # calls that must fit the affine model exactly before later calls are predicted
+
+
+class SeriesBroken(RuntimeError):
+    """A predicted series of calls left its affine model: the count must be redone without prediction."""
+
+
+@dataclass(frozen=True)
+class _TensorDesc:
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: torch.dtype
+    device: torch.device
+
+
+def _describe(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return _TensorDesc(tuple(value.shape), tuple(value.stride()), value.dtype, value.device)
+    return value
+
+
 @dataclass
 class _Memo:
     """One memoized component call: the counts its body produced and the shapes of its outputs."""
 
     rows: dict[tuple, list[int]]  # (packet, leaf path, in attention, inner parents) -> [flops, softmax, bytes, n]
     out_spec: Any
-    out_leaves: list[Any]  # tensors as (shape, stride, dtype, device) tuples; other leaves as they were
-    verified: bool = False
+    out_leaves: list[Any]  # tensors as _TensorDesc; other leaves as they were
 
 
 @dataclass
@@ -177,19 +206,184 @@ class _Capture:
     rows: dict[tuple, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0, 0]))
 
 
+@dataclass(frozen=True)
+class _Signature:
+    exact: tuple | None  # every argument a meta tensor (shape, stride, dtype), a CPU scalar or a plain value
+    loose: tuple  # the same without tensor shapes, objects (caches) by identity: the key of a series
+    shapes: tuple  # the tensor arguments' shapes, in order
+
+
+def _call_signature(module: nn.Module, args, kwargs) -> _Signature | None:
+    """Keys of a component call on meta tensors (``None`` when any argument is a real tensor).
+
+    CPU scalar tensors (timesteps) are keyed by dtype only: their values are assumed not to change the
+    computation's shapes (true of every denoiser in the suite).
+    """
+    leaves, spec = tree_flatten((args, kwargs))
+    exact: list[Any] = [id(module), spec]
+    loose: list[Any] = [id(module), spec]
+    shapes: list[tuple] = []
+    has_object = any_tensor = False
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor):
+            if leaf.device.type != "meta":
+                if leaf.dim() == 0 and leaf.device.type == "cpu":
+                    exact.append(("cpu-scalar", leaf.dtype))
+                    loose.append(("cpu-scalar", leaf.dtype))
+                    continue
+                return None
+            any_tensor = True
+            exact.append((tuple(leaf.shape), leaf.stride(), leaf.dtype))
+            loose.append(("tensor", leaf.dim(), leaf.dtype))
+            shapes.append(tuple(leaf.shape))
+        elif leaf is None or isinstance(leaf, (bool, int, float, str, torch.dtype, torch.device)):
+            exact.append(leaf)
+            loose.append(leaf)
+        else:  # a cache, a generator: an object the call may change - never an exact memo, maybe a series
+            has_object = True
+            loose.append(("object", id(leaf)))
+    if not any_tensor:
+        return None
+    return _Signature(None if has_object else tuple(exact), tuple(loose), tuple(shapes))
+
+
+def _affine(values: list) -> tuple | None:
+    """(a, b) with values[j] == a + b*j for every j (ints or tuples of ints), else None."""
+    a, b = values[0], _sub(values[1], values[0])
+    for j, v in enumerate(values):
+        if _add_scaled(a, b, j) != v:
+            return None
+    return a, b
+
+
+def _sub(x, y):
+    if isinstance(x, tuple):
+        if not isinstance(y, tuple) or len(x) != len(y):
+            return None
+        return tuple(_sub(p, q) for p, q in zip(x, y, strict=True))
+    if isinstance(x, (int, float)) and isinstance(y, (int, float)):
+        return x - y
+    return 0 if x == y else None
+
+
+def _add_scaled(a, b, j):
+    if b is None:
+        return None
+    if isinstance(a, tuple):
+        return tuple(_add_scaled(p, q, j) for p, q in zip(a, b, strict=True))
+    if isinstance(a, (int, float)) and not isinstance(a, bool):
+        return a + b * j
+    return a
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+@dataclass
+class _Series:
+    """Calls of one component with the same argument structure and cache objects (an autoregressive loop).
+
+    The last :data:`SERIES_WINDOW` real calls are kept; when their per-op counts, input shapes and output
+    shapes are all exactly affine in the call index (attention over a KV cache growing by one token per
+    step), later calls are predicted from that model instead of run (their input shapes are checked
+    against it on every call).
+    """
+
+    window: list[tuple] = field(default_factory=list)  # (rows, shapes, out_leaves)
+    out_spec: Any = None
+    predicting: bool = False
+    next_index: int = 0
+    _rows: tuple | None = None  # (keys, a, b)
+    _shapes: tuple | None = None
+    _out: list | None = None
+    total_a: tuple = (0, 0, 0)
+    total_b: tuple = (0, 0, 0)
+
+    def observe(self, rows: dict, shapes: tuple, out_spec, out_leaves: list) -> None:
+        if self.out_spec is not None and out_spec != self.out_spec:
+            self.window.clear()
+        self.out_spec = out_spec
+        self.window.append((rows, shapes, out_leaves))
+        if len(self.window) > SERIES_WINDOW:
+            self.window.pop(0)
+        if len(self.window) == SERIES_WINDOW:
+            self._fit()
+
+    def _fit(self) -> None:
+        keys = set(self.window[0][0])
+        if any(set(w[0]) != keys for w in self.window):
+            return
+        ordered = list(self.window[0][0])
+        rows = _affine([tuple(tuple(w[0][k]) for k in ordered) for w in self.window])
+        shapes = _affine([w[1] for w in self.window])
+        outs = []
+        for i in range(len(self.window[0][2])):
+            column = [w[2][i] for w in self.window]
+            if isinstance(column[0], _TensorDesc):
+                if any(not isinstance(c, _TensorDesc) or c.dtype != column[0].dtype for c in column):
+                    return
+                fit = _affine([c.shape for c in column])
+                if fit is None:
+                    return
+                outs.append(("tensor", fit, column[0].dtype, column[0].device))
+            else:
+                if any(c is not column[0] and c != column[0] for c in column):
+                    return
+                outs.append(("value", column[0]))
+        if rows is None or shapes is None:
+            return
+        self._rows, self._shapes, self._out = (ordered, *rows), shapes, outs
+        # (flops, softmax_flops, bytes) of call 0 summed over ops, and their growth per call
+        self.total_a = tuple(sum(v[i] for v in rows[0]) for i in range(3))
+        self.total_b = tuple(sum(v[i] for v in rows[1]) for i in range(3))
+        self.predicting = True
+        self.next_index = len(self.window)
+
+    def outputs_at(self, j: int) -> list:
+        leaves = []
+        for out in self._out:
+            if out[0] == "tensor":
+                shape = _add_scaled(*out[1], j)
+                leaves.append(_TensorDesc(shape, _contiguous_strides(shape), out[2], out[3]))
+            else:
+                leaves.append(out[1])
+        return leaves
+
+    def shapes_at(self, j: int) -> tuple:
+        a, b = self._shapes
+        return _add_scaled(a, b, j)
+
+    def at(self, j: int) -> tuple[dict, list]:
+        keys, a, b = self._rows
+        values = _add_scaled(a, b, j)
+        return {k: list(v) for k, v in zip(keys, values, strict=True)}, self.outputs_at(j)
+
+
 class FlopCounter(FlopCounterMode):
     """``with FlopCounter(pipeline.components) as c: pipeline(request)``; then ``c.table()``.
 
     ``components``: ``Component`` objects (or ``{name: module}``) whose names become the roots of the module
     paths. ``memoize``: on meta tensors, a component called again with the same input shapes, dtypes and
     non-tensor arguments replays the counts (and output shapes) of the earlier call instead of re-running -
-    exact, since a meta computation's counts depend on nothing else, and *verified*: a signature is replayed
-    only after two real calls with it gave identical counts (a module with hidden state, e.g. a KV cache it
-    keeps itself, changes its counts from call to call and is never replayed). Calls taking any argument that
-    is not a tensor or a plain value (a cache object, a generator) always run. Real-tensor runs never memoize.
+    exact, since a meta computation's counts depend on its inputs' shapes and the module's state only. The
+    state is checked: a component whose first call changes any attribute of any of its submodules (a KV
+    cache it keeps itself, a step counter; see :func:`state_fingerprint`) is never replayed. Calls taking
+    any argument that is not a tensor or a plain value (a cache object, a generator) are not memoized but may
+    be **predicted** (``predict``): successive calls passing the same cache object (an autoregressive decode
+    loop) whose per-op counts, input shapes and output shapes are exactly affine in the call index over
+    :data:`SERIES_WINDOW` real calls (attention over a KV cache that grows by one token per step) are
+    predicted from that model afterwards - exact for such loops, each later call's input shapes are checked
+    against the model (:class:`SeriesBroken` if they leave it), and a predicted call does not update the
+    cache object (nothing reads it on the meta device but its own later calls, which are predicted too).
+    Real-tensor runs never memoize or predict.
     """
 
-    def __init__(self, components: Any = (), memoize: bool = True):
+    def __init__(self, components: Any = (), memoize: bool = True, predict: bool = True, meta_cache: bool = True):
         super().__init__(display=False, depth=None)
         self.components: dict[str, nn.Module] = {}
         if isinstance(components, dict):
@@ -202,13 +396,19 @@ class FlopCounter(FlopCounterMode):
             for sub_name, sub in module.named_modules():
                 self.mod_tracker._known_modules[sub] = f"{name}.{sub_name}" if sub_name else name
         self.memoize = memoize
+        self.meta_cache = meta_cache  # see _GenscopeFlopMode
+        self.predict = predict
         # (phase, leaf module, packet, in attention) -> [flops, softmax_flops, bytes, calls]
         self.rows: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
         self.steps: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0])  # (phase, step) -> flops, softmax, bytes
         self.meta_value_reads = 0
         self.memo_replays = 0
         self.memo_runs = 0
+        self.predicted_calls = 0
+        self._series: dict[tuple, _Series] = {}
+        self._deferred: dict[tuple, list] = {}  # predicted calls not yet expanded into rows
         self._attention_depth = 0
+        self._quiet = False
         self._captures: list[_Capture] = []
         self._memos: dict[tuple, _Memo] = {}
         self._patched: list[tuple[nn.Module, Any]] = []
@@ -229,6 +429,7 @@ class FlopCounter(FlopCounterMode):
         return self
 
     def __exit__(self, *args):
+        self._flush_predicted()
         for module, had in reversed(self._patched):
             if had is None:
                 del module.forward
@@ -261,6 +462,8 @@ class FlopCounter(FlopCounterMode):
         return leaf
 
     def _count_flops(self, func_packet, out, args, kwargs):
+        if self._quiet:  # the counter's own allocations (replayed outputs)
+            return out
         flops = 0
         parents = frozenset(self.mod_tracker.parents)
         if func_packet in self.flop_registry:
@@ -269,9 +472,10 @@ class FlopCounter(FlopCounterMode):
                 self.flop_counts[par][func_packet] += flops
         softmax = op_softmax_flops(func_packet, args)
         nbytes = op_bytes(func_packet, args, kwargs, out)
-        self._add(func_packet, self._leaf(parents), self._attention_depth > 0, flops, softmax, nbytes, 1)
+        leaf = self._leaf(parents)
+        self._add(func_packet, leaf, self._attention_depth > 0, flops, softmax, nbytes, 1)
         for cap in self._captures:
-            row = cap.rows[(func_packet, self._leaf(parents), self._attention_depth > 0, parents - cap.outer_parents)]
+            row = cap.rows[(func_packet, leaf, self._attention_depth > 0, parents - cap.outer_parents)]
             row[0] += flops
             row[1] += softmax
             row[2] += nbytes
@@ -292,7 +496,7 @@ class FlopCounter(FlopCounterMode):
         srow[1] += softmax
         srow[2] += nbytes
 
-    # -- memoization (meta only) -------------------------------------------------------------------------
+    # -- memoization and series prediction (meta only) ---------------------------------------------------
     def _patch(self, module: nn.Module) -> None:
         had = module.__dict__.get("forward")
         original = module.forward
@@ -304,55 +508,7 @@ class FlopCounter(FlopCounterMode):
         module.forward = forward
         self._patched.append((module, had))
 
-    def _signature(self, module: nn.Module, args, kwargs) -> tuple | None:
-        leaves, spec = tree_flatten((args, kwargs))
-        key: list[Any] = [id(module), spec]
-        any_tensor = False
-        for leaf in leaves:
-            if isinstance(leaf, torch.Tensor):
-                if leaf.device.type != "meta":
-                    if leaf.dim() == 0 and leaf.device.type == "cpu":  # a CPU scalar (a timestep): no values matter
-                        key.append(("cpu-scalar", leaf.dtype))
-                        continue
-                    return None
-                any_tensor = True
-                key.append((tuple(leaf.shape), leaf.stride(), leaf.dtype))
-            elif leaf is None or isinstance(leaf, (bool, int, float, str, torch.dtype, torch.device)):
-                key.append(leaf)
-            else:
-                return None  # a cache, a generator, ...: state we cannot see - always run
-        return tuple(key) if any_tensor else None
-
-    def _memo_call(self, module: nn.Module, original: Callable, args, kwargs):
-        key = self._signature(module, args, kwargs)
-        if key is None:
-            return original(*args, **kwargs)
-        memo = self._memos.get(key)
-        if memo is not None and memo.verified:
-            return self._replay(memo)
-        cap = _Capture(outer_parents=frozenset(self.mod_tracker.parents))
-        self._captures.append(cap)
-        try:
-            out = original(*args, **kwargs)
-        finally:
-            self._captures.remove(cap)
-        self.memo_runs += 1
-        rows = {k: list(v) for k, v in cap.rows.items()}
-        out_leaves, out_spec = tree_flatten(out)
-        if any(isinstance(t, torch.Tensor) and t.device.type != "meta" for t in out_leaves):
-            return out
-        described = [(tuple(t.shape), t.stride(), t.dtype, t.device) if isinstance(t, torch.Tensor) else t
-                     for t in out_leaves]
-        if memo is None:
-            self._memos[key] = _Memo(rows, out_spec, described)
-        elif memo.rows == rows and memo.out_leaves == described:
-            memo.verified = True
-        else:  # the module's counts depend on more than its inputs: never replay it
-            self._memos[key] = _Memo(rows, out_spec, described)
-            self._signature_unstable(module)
-        return out
-
-    def _signature_unstable(self, module: nn.Module) -> None:
+    def _unpatch(self, module: nn.Module) -> None:
         for i, (m, had) in enumerate(self._patched):
             if m is module:
                 if had is None:
@@ -362,10 +518,89 @@ class FlopCounter(FlopCounterMode):
                 del self._patched[i]
                 return
 
-    def _replay(self, memo: _Memo):
-        self.memo_replays += 1
+    def _memo_call(self, module: nn.Module, original: Callable, args, kwargs):
+        sig = _call_signature(module, args, kwargs)
+        if sig is None:  # real tensors, or nothing to key on
+            return original(*args, **kwargs)
+        if sig.exact is not None:
+            memo = self._memos.get(sig.exact)
+            if memo is not None:
+                return self._replay(memo.rows, memo.out_spec, memo.out_leaves)
+        else:
+            series = self._series.get(sig.loose)
+            if series is not None and series.predicting and self.predict:
+                return self._predict(series, sig)
+        cap = _Capture(outer_parents=frozenset(self.mod_tracker.parents))
+        before = state_fingerprint(module)
+        self._captures.append(cap)
+        try:
+            out = original(*args, **kwargs)
+        finally:
+            self._captures.remove(cap)
+        self.memo_runs += 1
+        out_leaves, out_spec = tree_flatten(out)
+        if state_fingerprint(module) != before or any(
+                isinstance(t, torch.Tensor) and t.device.type != "meta" for t in out_leaves):
+            # the call changed the module's own state (a cache it keeps, a counter): its counts may depend on
+            # more than its inputs - never replay or predict this component
+            self._unpatch(module)
+            return out
+        rows = {k: list(v) for k, v in cap.rows.items()}
+        described = [_describe(t) for t in out_leaves]
+        if sig.exact is not None:
+            self._memos[sig.exact] = _Memo(rows, out_spec, described)
+        elif self.predict:
+            self._series.setdefault(sig.loose, _Series()).observe(rows, sig.shapes, out_spec, described)
+        return out
+
+    def _predict(self, series: _Series, sig: _Signature):
+        """A call of a verified series: its counts and output shapes follow the series' affine model.
+
+        The per-op rows of predicted calls are accumulated per (series, phase, enclosing modules) as a call
+        count and a sum of call indices, and expanded once when the counter exits (a call costs O(1), not
+        O(ops)); per-step totals are added at once.
+        """
+        j = series.next_index
+        if sig.shapes != series.shapes_at(j):
+            raise SeriesBroken(f"call {j} of a predicted series had input shapes {sig.shapes}, expected "
+                               f"{series.shapes_at(j)}")
+        series.next_index += 1
+        self.predicted_calls += 1
+        if self._captures:  # inside a memoized call: replay row by row so that the capture sees them
+            rows, out_leaves = series.at(j)
+            return self._replay(rows, series.out_spec, out_leaves, count_as_replay=False)
+        info = current_phase()
+        name = info.name if info is not None else NO_PHASE
+        acc = self._deferred.setdefault((id(series), name, frozenset(self.mod_tracker.parents)), [series, 0, 0])
+        acc[1] += 1
+        acc[2] += j
+        srow = self.steps[(name, -1 if info is None or info.step is None else info.step)]
+        for i, (a, b) in enumerate(zip(series.total_a, series.total_b, strict=True)):
+            srow[i] += a + b * j
+        return self._outputs(series.out_spec, series.outputs_at(j))
+
+    def _flush_predicted(self) -> None:
+        """Expand the accumulated predicted calls: n calls with index sum S add n*a + S*b per row."""
+        for (_, name, outer), (series, n, index_sum) in self._deferred.items():
+            keys, a, b = series._rows
+            for key, va, vb in zip(keys, a, b, strict=True):
+                packet, leaf, in_attention, inner = key
+                flops, softmax, nbytes, calls = (n * x + index_sum * y for x, y in zip(va, vb, strict=True))
+                if flops:
+                    for par in inner | outer:
+                        self.flop_counts[par][packet] += flops
+                row = self.rows[(name, leaf, packet, in_attention)]
+                row[0] += flops
+                row[1] += softmax
+                row[2] += nbytes
+                row[3] += calls
+        self._deferred.clear()
+
+    def _replay(self, rows: dict, out_spec, out_leaves: list, count_as_replay: bool = True):
+        if count_as_replay:
+            self.memo_replays += 1
         outer = frozenset(self.mod_tracker.parents)
-        for (packet, leaf, in_attention, inner), (flops, softmax, nbytes, calls) in memo.rows.items():
+        for (packet, leaf, in_attention, inner), (flops, softmax, nbytes, calls) in rows.items():
             if flops:
                 for par in inner | outer:
                     self.flop_counts[par][packet] += flops
@@ -376,9 +611,17 @@ class FlopCounter(FlopCounterMode):
                 row[1] += softmax
                 row[2] += nbytes
                 row[3] += calls
-        leaves = [torch.empty_strided(d[0], d[1], dtype=d[2], device=d[3]) if _is_tensor_desc(d) else d
-                  for d in memo.out_leaves]
-        return tree_unflatten(leaves, memo.out_spec)
+        return self._outputs(out_spec, out_leaves)
+
+    def _outputs(self, out_spec, out_leaves: list):
+        """Fresh meta tensors of the recorded shapes (not counted: the counter's own allocations)."""
+        self._quiet = True
+        try:
+            leaves = [torch.empty_strided(d.shape, d.stride, dtype=d.dtype, device=d.device)
+                      if isinstance(d, _TensorDesc) else d for d in out_leaves]
+        finally:
+            self._quiet = False
+        return tree_unflatten(leaves, out_spec)
 
     # -- results -----------------------------------------------------------------------------------------
     @property
@@ -412,13 +655,111 @@ class FlopCounter(FlopCounterMode):
                           "bytes": "int64"})
 
 
-def _is_tensor_desc(d: Any) -> bool:
-    return (isinstance(d, tuple) and len(d) == 4 and isinstance(d[2], torch.dtype)
-            and isinstance(d[3], torch.device))
+_MODULE_INTERNALS = frozenset({"_parameters", "_buffers", "_modules", "_non_persistent_buffers_set", "forward",
+                               "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+                               "_state_dict_hooks", "_load_state_dict_pre_hooks", "_forward_hooks_with_kwargs",
+                               "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called"})
+
+
+def _value_fingerprint(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return ("tensor", id(value), tuple(value.shape), value.dtype)
+    if value is None or isinstance(value, (bool, int, float, str, torch.dtype, torch.device)):
+        return value
+    if isinstance(value, (list, tuple, dict, set)):
+        return (type(value).__name__, id(value), len(value))
+    return (type(value).__name__, id(value))
+
+
+def state_fingerprint(module: nn.Module) -> tuple:
+    """What a forward call could change in a module tree: every attribute of every submodule (tensors by
+    identity and shape, containers by identity and length, plain values by value), buffers included."""
+    items = []
+    for path, sub in module.named_modules():
+        for name, value in vars(sub).items():
+            if name not in _MODULE_INTERNALS:
+                items.append((path, name, _value_fingerprint(value)))
+        for name, buf in sub._buffers.items():
+            items.append((path, name, _value_fingerprint(buf)))
+    return tuple(items)
+
+
+_HASHABLE_SCALARS = (bool, int, float, str, type(None), torch.dtype, torch.device, torch.memory_format,
+                     torch.layout)
+_CACHEABLE: dict[Any, bool] = {}
+META_CACHE_LIMIT = 200_000
+
+
+def _cacheable(func) -> bool:
+    """Ops whose meta outputs can be recorded and re-created: functional (no mutation, no aliasing outputs),
+    not random, and not decomposed by the counting mode (CompositeImplicitAutograd ops are counted through
+    their parts)."""
+    ok = _CACHEABLE.get(func)
+    if ok is None:
+        schema = func._schema
+        ok = (not schema.is_mutable and all(r.alias_info is None for r in schema.returns)
+              and torch.Tag.nondeterministic_seeded not in func.tags
+              and not torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd"))
+        _CACHEABLE[func] = ok
+    return ok
+
+
+def _meta_value_key(value: Any) -> Any:
+    """Hashable description of one op argument; raises KeyError for a real tensor or an unhashable value."""
+    if isinstance(value, torch.Tensor):
+        if value.device.type != "meta":
+            raise KeyError("real tensor")
+        return (tuple(value.shape), value.stride(), value.dtype, value.storage_offset())
+    if isinstance(value, (list, tuple)):
+        return tuple(_meta_value_key(v) for v in value)
+    if isinstance(value, _HASHABLE_SCALARS):
+        return value
+    raise KeyError(type(value).__name__)
+
+
+def _meta_key(func, args, kwargs) -> tuple | None:
+    """Everything a meta op's output depends on: tensor metadata and the other arguments; None if a real
+    tensor or an unhashable argument is involved, or no tensor at all."""
+    if not any(isinstance(v, torch.Tensor) or (isinstance(v, (list, tuple)) and v and isinstance(v[0], torch.Tensor))
+               for v in (*args, *kwargs.values())):
+        return None
+    try:
+        return (func, _meta_value_key(args), tuple((k, _meta_value_key(v)) for k, v in kwargs.items()))
+    except KeyError:
+        return None
 
 
 class _GenscopeFlopMode(_FlopCounterMode):
-    """torch's counting dispatch mode, plus: values read back from meta tensors are zeros."""
+    """torch's counting dispatch mode, plus:
+
+    * values read back from meta tensors are zeros (see the module docstring);
+    * ``aten.scaled_dot_product_attention`` is one op on every device (torch's mode would decompose it);
+    * a **meta op cache**: the output metadata of a functional ATen op on meta tensors depends on nothing but
+      its inputs' metadata and its other arguments, so each distinct call is run once (torch's Python meta
+      kernels cost up to a millisecond) and later identical calls get fresh tensors of the recorded shapes
+      and strides - the counts are unaffected (they are computed from the same shapes as before).
+    """
+
+    def __init__(self, counter) -> None:
+        super().__init__(counter)
+        self.meta_cache: dict[tuple, tuple] = {}
+
+    def _cached(self, func, args, kwargs):
+        key = _meta_key(func, args, kwargs) if self.counter.meta_cache and _cacheable(func) else None
+        if key is None:
+            return func(*args, **kwargs)
+        hit = self.meta_cache.get(key)
+        if hit is not None:
+            leaves = [torch.empty_strided(d.shape, d.stride, dtype=d.dtype, device=d.device)
+                      if isinstance(d, _TensorDesc) else d for d in hit[1]]
+            return tree_unflatten(leaves, hit[0])
+        out = func(*args, **kwargs)
+        leaves, spec = tree_flatten(out)
+        if all(isinstance(t, torch.Tensor) and t.device.type == "meta" and t.storage_offset() == 0 for t in leaves):
+            if len(self.meta_cache) >= META_CACHE_LIMIT:
+                self.meta_cache.clear()
+            self.meta_cache[key] = (spec, [_describe(t) for t in leaves])
+        return out
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -434,7 +775,34 @@ class _GenscopeFlopMode(_FlopCounterMode):
         if func is aten.copy_.default and args[1].device.type == "meta" and args[0].device.type != "meta":
             self.counter.meta_value_reads += 1
             return args[0]
+        if func is aten.scaled_dot_product_attention.default:
+            # one fused op on every device: torch's mode would decompose it (the math path on meta tensors,
+            # materializing the similarity matrix) - counted whole, it moves q, k, v and the output only
+            key = _meta_key(func, args, kwargs) if self.counter.meta_cache else None
+            if key is None:
+                out = func(*args, **kwargs)
+            else:
+                hit = self.meta_cache.get(key)
+                if hit is None:
+                    out = func(*args, **kwargs)
+                    self.meta_cache[key] = (None, [_describe(out)])
+                else:
+                    d = hit[1][0]
+                    out = torch.empty_strided(d.shape, d.stride, dtype=d.dtype, device=d.device)
+            return self.counter._count_flops(func._overloadpacket, out, args, kwargs)
+        if (isinstance(func, torch._ops.OpOverload) and _cacheable(func)
+                and func not in _SKIPPED_BY_TORCH_MODE):
+            return self.counter._count_flops(func._overloadpacket, self._cached(func, args, kwargs), args, kwargs)
         return super().__torch_dispatch__(func, types, args, kwargs)
+
+
+# the metadata queries torch's mode passes through uncounted (see _FlopCounterMode.__torch_dispatch__)
+_SKIPPED_BY_TORCH_MODE = {aten.sym_is_contiguous.default, aten.is_contiguous.default, aten.is_contiguous.memory_format,
+                          aten.is_strides_like_format.default, aten.is_non_overlapping_and_dense.default,
+                          aten.size.default, aten.sym_size.default, aten.stride.default, aten.sym_stride.default,
+                          aten.storage_offset.default, aten.sym_storage_offset.default, aten.numel.default,
+                          aten.sym_numel.default, aten.dim.default, torch.ops.prim.layout.default,
+                          torch.ops.prim.device.default}
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from genscope.errors import UserError
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 # Command modules, in the order their commands appear in --help; a module not in this checkout is skipped.
-COMMAND_MODULES = ("suite", "profile", "characterize", "runs", "analysis", "temporal", "optimize")
+COMMAND_MODULES = ("suite", "profile", "characterize", "runs", "analysis", "sequence", "temporal", "optimize")
 
 
 class OneLineParser(argparse.ArgumentParser):

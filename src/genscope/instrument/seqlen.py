@@ -30,7 +30,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
-import torch
 
 from genscope.errors import UserError
 from genscope.models.layers.attention import AttentionCall, register_call_hook
@@ -57,7 +56,7 @@ def sequence_length(kind: str, query_len: int, key_len: int) -> int:
 def call_row(call: AttentionCall) -> dict[str, Any]:
     """One traced call as a row (without ``call`` index)."""
     info = current_phase()
-    element_size = torch.empty((), dtype=call.dtype, device="meta").element_size()
+    element_size = call.dtype.itemsize
     path = call.path
     return {
         "phase": info.name if info is not None else NO_PHASE,
@@ -189,12 +188,19 @@ def replicate_steps(rows: list[dict[str, Any]], loops: list[tuple[str, int, int,
     return out, notes
 
 
-def trace_pipeline(pipeline, request, *, all_steps: bool = False) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-    """Trace one run of a built pipeline (``request.device`` may be meta). Returns (calls, replicated loops)."""
+def trace_pipeline(pipeline, request, *, all_steps: bool = False, replicate: bool | None = None
+                   ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """Trace one run of a built pipeline (``request.device`` may be meta). Returns (calls, replicated loops).
+
+    ``replicate``: run two steps of each denoising loop and replicate the second (default: on the meta device
+    only; True also on real devices, when only shapes are wanted); ``all_steps=True`` never replicates.
+    """
     from genscope.workloads.diffusion import limit_denoise_steps
 
     tracer = SequenceTracer()
-    limit_steps = request.device.type == "meta" and not all_steps
+    if replicate is None:
+        replicate = request.device.type == "meta"
+    limit_steps = replicate and not all_steps
     if not limit_steps:
         with tracer:
             pipeline(request)
@@ -212,11 +218,13 @@ def trace_pipeline(pipeline, request, *, all_steps: bool = False) -> tuple[pd.Da
     return to_frame(rows), notes
 
 
-def trace_workload(model: str, settings=None, *, all_steps: bool = False, **overrides: Any) -> Trace:
+def trace_workload(model: str, settings=None, *, all_steps: bool = False, replicate: bool | None = None,
+                   **overrides: Any) -> Trace:
     """Build ``model`` (on ``settings.device``, default meta) and trace one run.
 
     ``overrides`` replace fields of :class:`~genscope.workloads.base.RunSettings` (``preset``, ``image_size``,
-    ``steps``, ``dtype``, ...). Raises UserError on bad settings.
+    ``steps``, ``dtype``, ...); ``replicate`` / ``all_steps``: see :func:`trace_pipeline`. Raises UserError on
+    bad settings.
     """
     from genscope.workloads import registry
     from genscope.workloads.base import RunSettings
@@ -232,7 +240,7 @@ def trace_workload(model: str, settings=None, *, all_steps: bool = False, **over
     config = workload.config(request.preset)
     start = time.perf_counter()
     pipeline = workload.build(config, request.device, request.dtype, request.weights)
-    calls, notes = trace_pipeline(pipeline, request, all_steps=all_steps)
+    calls, notes = trace_pipeline(pipeline, request, all_steps=all_steps, replicate=replicate)
     return Trace(calls=calls, workload=workload.name, preset=request.preset, request=request, config=config,
                  wall_s=time.perf_counter() - start, replicated=notes)
 

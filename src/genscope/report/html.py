@@ -20,6 +20,7 @@ from genscope.results.store import ResultsStore
 SECTION_MODULES = (
     "genscope.report.breakdown",
     "genscope.report.analysis",
+    "genscope.report.sequence",
     "genscope.report.temporal",
     "genscope.report.optimize",
 )

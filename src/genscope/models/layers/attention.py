@@ -42,8 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-Backend = Literal["baseline", "flash"]
-BACKENDS: tuple[str, ...] = ("baseline", "flash")
+Backend = Literal["baseline", "flash", "partial_softmax"]
+# partial_softmax: Chen et al. 2023's partially fused softmax (row max/exp-sum reduction, normalization fused
+# into the matmul with V); implemented in genscope.models.layers.partial_softmax
+BACKENDS: tuple[str, ...] = ("baseline", "flash", "partial_softmax")
 AttentionKind = Literal["self", "cross", "temporal", "causal"]
 KINDS: tuple[str, ...] = ("self", "cross", "temporal", "causal")
 
@@ -239,6 +241,10 @@ def attention(
 def _compute(backend, query, key, value, attn_mask, scale, is_causal) -> torch.Tensor:
     if backend == "baseline":
         return baseline_attention(query, key, value, attn_mask=attn_mask, scale=scale, is_causal=is_causal)
+    if backend == "partial_softmax":
+        from genscope.models.layers.partial_softmax import partial_softmax_attention
+
+        return partial_softmax_attention(query, key, value, attn_mask=attn_mask, scale=scale, is_causal=is_causal)
     return flash_attention(query, key, value, attn_mask=attn_mask, scale=scale, is_causal=is_causal)
 
 

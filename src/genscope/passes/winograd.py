@@ -1,0 +1,385 @@
+"""Pass ``winograd``: 3x3 stride-1 convolutions by Winograd F(m x m, 3 x 3), per layer where it is faster.
+
+Chen et al. 2023, Section 3.3 and Table 2: Winograd trades multiplications for transforms, memory and
+numerical error; they chose F(4x4, 3x3) and applied it "only where it would produce profitable results".
+Transforms: :mod:`genscope.passes.kernels.winograd_math` (Lavin & Gray 2016; F(4x4) on more accurate
+points). U = G g G^T is precomputed per layer (a non-persistent buffer: the state_dict is unchanged, the
+weight memory grows by (m+2)^2/9 x for the layers swapped).
+
+A *variant* is a tile m and the precision of the a^2 products (``model``: the model's dtype; ``float32``:
+U and V kept in float32 in a 16-bit model - the output is still rounded to the model's dtype).
+
+Decisions
+* precision: a variant is a candidate only if it meets the oracle in the model's dtype (a canonical
+  128-channel layer, then each chosen layer with its own weights). Measured on this checkout's machine:
+  float32: F(2x2) and F(4x4) pass, F(6x6) fails (about 6.5x direct convolution's error); bfloat16/float16
+  with 16-bit products: every tile fails (2.8x for F(2x2)), with float32 products every tile passes. A tile
+  asked for explicitly (``PassConfig.winograd_tile``) with no passing variant is refused with the measured
+  errors;
+* speed: with ``measure`` (default), each layer's input shape is timed with direct convolution and every
+  candidate (interleaved repetitions); the fastest wins, direct unless a variant is >= 3 % faster. The
+  choice is cached per device, dtype and shape (``~/.genscope``). With example inputs in the config this
+  happens at apply time and layers where direct convolution wins are not swapped; otherwise at each new
+  shape's first call. ``measure=False``: one fixed tile (default F(4x4), the paper's) everywhere.
+
+Swap: ``Conv2d`` (3x3, stride 1, dilation 1, groups 1, zero padding) -> :class:`WinogradConv2d` (a
+``Conv2d`` subclass sharing weight and bias).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genscope.passes.base import Pass, PassContext, shallow_clone
+from genscope.passes.decisions import DecisionCache, decision_key, fastest, measure_interleaved
+from genscope.passes.kernels import cpu as kcpu
+from genscope.passes.oracle import OracleResult, check_functions
+
+PAPER_TILE = 4  # Chen et al. 2023, Sec. 3.3: "we selected a 4x4 tile size"
+# A Winograd convolution runs GEMMs (aten::mm / bmm), which an op-class table files under Linear; its ops run
+# inside this record_function range so that a profiler can charge them to Convolution (free without a profiler).
+CONV_RANGE = "genscope::convolution::winograd"
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+class Variant(NamedTuple):
+    m: int  # output tile; 0 = direct convolution
+    product: str = "model"  # "model" or "float32"
+
+    @property
+    def name(self) -> str:
+        if self.m == 0:
+            return "direct"
+        return f"F({self.m}x{self.m},3x3)" + (" fp32-product" if self.product == "float32" else "")
+
+    def product_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        return torch.float32 if self.product == "float32" else dtype
+
+    @classmethod
+    def parse(cls, name: str) -> Variant:
+        if name == "direct":
+            return DIRECT
+        return cls(int(name[2]), "float32" if name.endswith("fp32-product") else "model")
+
+
+DIRECT = Variant(0)
+
+
+def tile_name(m: int) -> str:
+    return Variant(m).name
+
+
+def is_winograd_candidate(module: nn.Module) -> bool:
+    return (isinstance(module, nn.Conv2d) and not isinstance(module, WinogradConv2d)
+            and tuple(module.kernel_size) == (3, 3) and tuple(module.stride) == (1, 1)
+            and tuple(module.dilation) == (1, 1) and module.groups == 1 and module.padding_mode == "zeros"
+            and isinstance(module.padding, tuple))
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+class WinogradConv2d(nn.Conv2d):
+    """A 3x3 stride-1 ``Conv2d`` computed by Winograd for the input shapes chosen.
+
+    ``variant_for[(shape, dtype, channels_last)]`` -> :class:`Variant` (``DIRECT``: direct convolution);
+    shapes without an entry go to ``chooser.decide`` or, without a chooser, to ``fixed``. U of a variant
+    is the buffer ``winograd_u{m}`` (model dtype) or ``winograd_u{m}_f32``, [a^2, K, C].
+    """
+
+    backend: str = "torch"
+    prefer_channels_last: bool = False  # set by the channels_last pass
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, backend: str, fixed: Variant | None, chooser=None) -> WinogradConv2d:
+        new = shallow_clone(conv, cls)
+        new.backend = backend
+        new.fixed = fixed
+        new.chooser = chooser
+        new.variant_for = {}
+        new.allowed_tiles = None  # None: any tile; else the tiles (m) this layer may use (weight budget)
+        new.measured = {}  # shape key -> {variant name: median ms} (decisions made by the chooser)
+        return new
+
+    @staticmethod
+    def _buffer_name(v: Variant) -> str:
+        return f"winograd_u{v.m}" + ("_f32" if v.product == "float32" else "")
+
+    def transformed_weight(self, v: Variant) -> torch.Tensor:
+        name = self._buffer_name(v)
+        dtype = v.product_dtype(self.weight.dtype)
+        u = self._buffers.get(name)
+        if u is None or u.dtype != dtype or u.device != self.weight.device:
+            u = kcpu.winograd_weight(self.weight, v.m, dtype=dtype)
+            self.register_buffer(name, u, persistent=False)
+        return u
+
+    def variants_used(self) -> set[Variant]:
+        return {v for v in self.variant_for.values() if v != DIRECT}
+
+    def drop_transformed(self, keep: set[Variant] = frozenset()) -> None:
+        names = {self._buffer_name(v) for v in keep}
+        for name in [n for n in self._buffers if n.startswith("winograd_u") and n not in names]:
+            del self._buffers[name]
+
+    def run_variant(self, x: torch.Tensor, v: Variant) -> torch.Tensor:
+        if v == DIRECT:
+            return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        u = self.transformed_weight(v)
+        with torch.profiler.record_function(CONV_RANGE):
+            if self.backend == "triton" and x.is_cuda and not _channels_last(x):
+                from genscope.passes.kernels.triton_kernels import winograd_conv2d_triton
+
+                return winograd_conv2d_triton(x, u, self.bias, v.m, padding=tuple(self.padding))
+            return kcpu.winograd_conv2d(x, u, self.bias, v.m, padding=tuple(self.padding))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.prefer_channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        key = (tuple(x.shape), x.dtype, _channels_last(x))
+        v = self.variant_for.get(key)
+        if v is None:
+            v = self.chooser.decide(self, x) if self.chooser is not None else (self.fixed or DIRECT)
+            self.variant_for[key] = v
+        return self.run_variant(x, v)
+
+    def extra_repr(self) -> str:
+        used = sorted(v.name for v in self.variants_used()) or ([self.fixed.name] if self.fixed else [])
+        return super().extra_repr() + f", winograd={used}, backend={self.backend}"
+
+
+def winograd_oracle(m: int, dtype: torch.dtype, device: torch.device | str = "cpu", channels: int = 128,
+                    size: int = 16, pass_name: str = "winograd", weight: torch.Tensor | None = None,
+                    bias: torch.Tensor | None = None, variant: str = "accurate",
+                    product: str = "model") -> OracleResult:
+    """F(m x m) vs direct convolution in ``dtype``, both against direct convolution in float64.
+
+    The layer: ``weight``/``bias`` if given (a real layer's, in ``dtype``), else a canonical SD-like one
+    (``channels`` in and out, weights ~ N(0, 1/(9C))); the input: SiLU(2 N(0,1) + 0.5) (what a UNet
+    convolution sees after GroupNorm + SiLU), [2, C, size, size]. ``variant``: the transforms' points
+    (``accurate`` or ``lavin``); ``product``: ``model`` or ``float32``.
+    """
+    gen = torch.Generator("cpu").manual_seed(0)
+    if weight is None:
+        weight = (torch.randn(channels, channels, 3, 3, generator=gen) / (9 * channels) ** 0.5).to(device, dtype)
+        bias = (torch.randn(channels, generator=gen) * 0.1).to(device, dtype)
+    x = F.silu(torch.randn(2, weight.shape[1], size, size, generator=gen) * 2 + 0.5).to(device, dtype)
+    pdtype = Variant(m, product).product_dtype(dtype)
+
+    def direct(x, w, b):
+        return F.conv2d(x, w, b, padding=1)
+
+    def wino(x, w, b):
+        return kcpu.winograd_conv2d(x, kcpu.winograd_weight(w, m, dtype=pdtype, variant=variant), b, m,
+                                    padding=(1, 1), variant=variant)
+
+    what = f"winograd {Variant(m, product).name}" + (" (Lavin & Gray points)" if variant == "lavin" and m == 4
+                                                      else "")
+    return check_functions(pass_name, what, wino, direct, direct, (x, weight, bias), dtype)
+
+
+@functools.cache
+def _oracle_cached(v: Variant, dtype: torch.dtype, device_type: str) -> OracleResult:
+    return winograd_oracle(v.m, dtype, torch.device(device_type), product=v.product)
+
+
+def variants_for_tiles(tiles, dtype: torch.dtype) -> list[Variant]:
+    out = []
+    for m in tiles:
+        out.append(Variant(m))
+        if dtype in LOW_PRECISION:
+            out.append(Variant(m, "float32"))
+    return out
+
+
+def allowed_variants(tiles, dtype: torch.dtype, device: torch.device) -> tuple[list[Variant], list[OracleResult]]:
+    """The variants that meet the oracle in ``dtype``; for each tile the model-precision product is preferred
+    (a float32 product is a candidate only where the model-precision one fails). Returns (allowed, results)."""
+    allowed, results = [], []
+    for m in tiles:
+        for v in variants_for_tiles([m], dtype):
+            r = _oracle_cached(v, dtype, device.type)
+            results.append(r)
+            if r.ok:
+                allowed.append(v)
+                break
+    return allowed, results
+
+
+KERNEL_VERSION = 2  # part of the cached decisions' key: bump when the kernels' speed changes
+
+
+def decision_shape(module: nn.Conv2d, x: torch.Tensor, variants) -> dict:
+    """What a cached Winograd decision is keyed by (besides pass, device and dtype)."""
+    return {"n": x.shape[0], "c": x.shape[1], "h": x.shape[2], "w": x.shape[3], "k": module.out_channels,
+            "pad": "x".join(str(p) for p in module.padding), "cl": int(_channels_last(x)),
+            "variants": "+".join(v.name for v in variants),
+            "impl": f"{getattr(module, 'backend', 'torch')}-v{KERNEL_VERSION}"}
+
+
+class ConvChooser:
+    """Per-shape choice between direct convolution and the allowed variants, measured once and cached."""
+
+    def __init__(self, variants_by_dtype, device: torch.device, repeats: int, cache: DecisionCache,
+                 on_decision=None, on_oracle=None):
+        self.variants_by_dtype = variants_by_dtype  # dtype -> allowed variants
+        self.device = device
+        self.repeats = repeats
+        self.cache = cache
+        self.on_decision = on_decision
+        self.on_oracle = on_oracle
+        self._layer_checked: dict[tuple, bool] = {}
+
+    def _layer_ok(self, module: WinogradConv2d, v: Variant, dtype: torch.dtype) -> bool:
+        """The oracle on this layer's own weights (once per layer object, variant and dtype)."""
+        key = (id(module.weight), v, dtype)
+        if key not in self._layer_checked:
+            result = winograd_oracle(v.m, dtype, self.device, weight=module.weight, bias=module.bias,
+                                     product=v.product, size=12)
+            if self.on_oracle is not None:
+                self.on_oracle(result)
+            self._layer_checked[key] = result.ok
+        return self._layer_checked[key]
+
+    def decide(self, module: WinogradConv2d, x: torch.Tensor) -> Variant:
+        variants = [v for v in self.variants_by_dtype(x.dtype)
+                    if module.allowed_tiles is None or v.m in module.allowed_tiles]
+        if not variants:
+            return DIRECT
+        shape = decision_shape(module, x, variants)
+        key = decision_key("winograd", self.device, x.dtype, shape)
+        cached = self.cache.get(key)
+        names = {v.name for v in variants} | {"direct"}
+        if cached is not None and cached.get("choice") in names:
+            v = Variant.parse(cached["choice"])
+            medians = {k[: -len("_ms")]: t for k, t in cached.items() if k.endswith("_ms")}
+            row = {**shape, "dtype": str(x.dtype), **cached, "rule": "measured (cached)"}
+        else:
+            fns = {v.name: (lambda v=v: module.run_variant(x, v)) for v in (DIRECT, *variants)}
+            times = measure_interleaved(fns, repeats=self.repeats, warmup=1, device=self.device)
+            best, medians = fastest(times, default="direct")
+            v = Variant.parse(best)
+            value = {"choice": v.name, **{f"{k}_ms": round(t, 3) for k, t in medians.items()}}
+            self.cache.put(key, value)
+            row = {**shape, "dtype": str(x.dtype), **value, "rule": "measured"}
+        if v != DIRECT and not self._layer_ok(module, v, x.dtype):
+            row = {**row, "choice": "direct", "rule": row["rule"] + "; the layer's own oracle failed"}
+            medians = {k: t for k, t in medians.items() if k == "direct"}
+            v = DIRECT
+        module.measured[(tuple(x.shape), x.dtype, _channels_last(x))] = dict(medians)
+        module.drop_transformed(keep=module.variants_used() | ({v} if v != DIRECT else set()))
+        if self.on_decision is not None:
+            self.on_decision(row)
+        return v
+
+
+class WinogradPass(Pass):
+    name = "winograd"
+    title = "Winograd"
+
+    def run(self, ctx: PassContext) -> None:
+        candidates = list(ctx.modules(lambda p, m: is_winograd_candidate(m)))
+        if not candidates:
+            ctx.note("no 3x3 stride-1 convolution in this model; nothing changed")
+            return
+        cfg = ctx.config
+        dname = str(ctx.dtype).removeprefix("torch.")
+        fixed_tile = cfg.winograd_tile if cfg.winograd_tile is not None else (None if cfg.measure else PAPER_TILE)
+        tiles = [fixed_tile] if fixed_tile is not None else list(cfg.winograd_tiles)
+        variants, results = allowed_variants(tiles, ctx.dtype, ctx.device)
+        for r in results:
+            ctx.record(r)
+            if not r.ok:
+                ctx.note(f"{r.what} refused in {r.dtype}: relative error {r.error:.2e} vs {r.baseline_error:.2e} "
+                         f"for direct convolution (limit 2x)")
+        if fixed_tile is not None and not variants:
+            ctx.require(next(r for r in reversed(results)))  # raises PassRefused with the measured errors
+        if not variants:
+            ctx.note(f"no Winograd tile meets the oracle in {dname}; nothing changed")
+            return
+        fixed = variants[0] if fixed_tile is not None else None
+        chooser = None
+        if fixed is None:
+            memo: dict[torch.dtype, list[Variant]] = {ctx.dtype: variants}
+
+            def variants_by_dtype(dtype: torch.dtype) -> list[Variant]:
+                if dtype not in memo:
+                    memo[dtype] = allowed_variants(cfg.winograd_tiles, dtype, ctx.device)[0]
+                return memo[dtype]
+
+            chooser = ConvChooser(variants_by_dtype, ctx.device, cfg.repeats, ctx.cache,
+                                  on_decision=lambda row: ctx.decision(**row), on_oracle=ctx.record)
+        how = (f"{fixed.name} everywhere" if fixed is not None
+               else f"per input shape, the fastest of direct and {', '.join(v.name for v in variants)} (measured)")
+        swaps = [ctx.swap(path, WinogradConv2d.from_conv(conv, ctx.backend, fixed, chooser), how)
+                 for path, conv in candidates]
+        if chooser is not None and ctx.has_example():
+            ctx.run_example()  # every layer measures (or reads its cached decision for) its input shape
+            self._apply_budget(ctx, swaps)
+            for swap in swaps:
+                used = swap.new.variants_used()
+                if used:
+                    swap.reason = f"{', '.join(sorted(v.name for v in used))}: measured faster than direct convolution"
+                    continue
+                swap.undo()  # direct convolution won, the layer did not run, or it did not fit the budget
+                ctx.log.remove(swap)
+            kept = sum(1 for s in swaps if s in ctx.log)
+            ctx.note(f"{kept} of {len(swaps)} 3x3 convolutions use Winograd (the others measured faster direct"
+                     + (" or did not fit the weight budget)" if cfg.winograd_weight_budget is not None else ")"))
+
+    @staticmethod
+    def _apply_budget(ctx: PassContext, swaps) -> None:
+        """Keep the transformed weights within ``winograd_weight_budget`` x the model's weight bytes.
+
+        Options are (layer, variant) with the time they save (measured: direct minus the variant, summed over
+        the layer's input shapes) and the bytes of their U; greedily by milliseconds saved per byte, a layer
+        takes at most one variant while the budget lasts. Layers left without one are not swapped.
+        """
+        budget = ctx.config.winograd_weight_budget
+        if budget is None:
+            return
+        weights = sum(p.numel() * p.element_size() for p in ctx.model.parameters())
+        limit = budget * weights
+        options = []
+        for index, swap in enumerate(swaps):
+            module: WinogradConv2d = swap.new
+            saved: dict[Variant, float] = {}
+            for medians in module.measured.values():
+                direct = medians.get("direct")
+                if direct is None:
+                    continue
+                for name, ms in medians.items():
+                    if name != "direct":
+                        v = Variant.parse(name)
+                        saved[v] = saved.get(v, 0.0) + direct - ms
+            for v, ms in saved.items():
+                if ms > 0:
+                    element = torch.empty((), dtype=v.product_dtype(module.weight.dtype)).element_size()
+                    nbytes = (v.m + 2) ** 2 * module.in_channels * module.out_channels * element
+                    options.append((ms / nbytes, index, v, nbytes))
+        options.sort(key=lambda o: (-o[0], o[1]))
+        chosen: dict[int, Variant] = {}
+        used = 0
+        for _, index, v, nbytes in options:
+            if index in chosen or used + nbytes > limit:
+                continue
+            chosen[index] = v
+            used += nbytes
+        for index, swap in enumerate(swaps):
+            module = swap.new
+            v = chosen.get(index)
+            module.allowed_tiles = {v.m} if v is not None else set()
+            for key in list(module.variant_for):
+                measured = module.measured.get(key, {})
+                module.variant_for[key] = v if v is not None and v.name in measured else DIRECT
+            module.drop_transformed(keep={v} if v is not None else set())
+            if v is not None:
+                module.transformed_weight(v)  # precomputed now (not at the first call)
+        ctx.note(f"Winograd weight budget {budget:.0%} of the weights ({limit / 2**20:,.0f} MB): "
+                 f"{used / 2**20:,.0f} MB of transformed weights for {len(chosen)} layers, chosen by time saved per byte")

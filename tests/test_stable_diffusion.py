@@ -1,11 +1,10 @@
 import json
 
 import pytest
+from helpers import assert_backends_agree, assert_baseline_uses_more_memory, run_tiny
 
 from genscope.cli import main
 from genscope.workloads import registry
-
-from helpers import assert_backends_agree, assert_baseline_uses_more_memory, run_tiny
 
 
 def test_tiny_run_has_phases_and_an_image():
@@ -35,9 +34,7 @@ def test_baseline_peak_memory_is_larger_at_long_sequence():
 def test_every_attention_module_goes_through_the_entry_point():
     from diffusers.models.attention_processor import Attention
 
-    from genscope.models.layers.attention import GenscopeAttnProcessor
-
-    from genscope.models.layers.attention import register_call_hook
+    from genscope.models.layers.attention import GenscopeAttnProcessor, register_call_hook
 
     calls = []
     with register_call_hook(calls.append):

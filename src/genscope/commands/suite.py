@@ -175,7 +175,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--frames", type=int)
     p.add_argument("--decode-tokens", type=int, help="autoregressive workloads: tokens to generate")
     p.add_argument("--guidance-scale", type=float)
-    p.add_argument("--attention", default="flash", help="baseline | flash")
+    p.add_argument("--attention", default="flash", help="baseline | flash | partial_softmax")
     p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
     p.add_argument("--device", default="cpu", help="cpu | cuda[:N]")
     p.add_argument("--seed", type=int, default=0)

@@ -52,6 +52,9 @@ MODES = ("trace", "fast")
 NO_PHASE = "(outside phases)"
 FRAMEWORK = "python/framework"
 RUN_RANGE = "genscope::run"
+# ranges a pass opens around an op it implements with other ops: "genscope::convolution::winograd" makes
+# the batched matmuls of a Winograd convolution count as Convolution, not Linear
+CLASS_RANGES = {cls.lower(): cls for cls in OP_CLASSES if cls != "Attention"}
 ATTENTION_NOTE = ("Attention = time inside attention entry-point calls (QK^T, softmax, @V or the fused "
                   "kernel); the Q/K/V/output projections are counted as Linear.")
 
@@ -63,7 +66,8 @@ MODULE_CLASSES: dict[str, str] = {
     "LlamaRMSNorm": "LayerNorm", "SiLU": "Activation", "GELU": "Activation", "ReLU": "Activation",
     "Mish": "Activation", "Tanh": "Activation", "Sigmoid": "Activation", "QuickGELUActivation": "Activation",
     "GELUActivation": "Activation", "NewGELUActivation": "Activation", "SiLUActivation": "Activation",
-    "GEGLU": "Activation", "FusedGroupNormSiLU": "GroupNorm",
+    "GEGLU": "Activation", "FusedGroupNormSiLU": "GroupNorm", "FusedGroupNorm": "GroupNorm",
+    "WinogradConv2d": "Convolution", "ChannelsLastConv2d": "Convolution", "FusedGEGLU": "Activation",
 }
 
 
@@ -163,6 +167,7 @@ def attribute_events(events, device_type: str) -> tuple[pd.DataFrame, pd.DataFra
         # walk up: find phase, attention call, and the top-level aten op below the innermost non-op range
         phase_name = NO_PHASE
         in_attention = False
+        range_class = None  # innermost "genscope::<class>::..." range (e.g. a Winograd convolution's matmuls)
         top_op = evt.name if evt.name.startswith("aten::") else None
         node = evt
         crossed_range = not evt.name.startswith("aten::")
@@ -175,12 +180,16 @@ def attribute_events(events, device_type: str) -> tuple[pd.DataFrame, pd.DataFra
                 crossed_range = True
                 if name.startswith(ATTENTION_RANGE):
                     in_attention = True
+                elif range_class is None and name.startswith("genscope::"):
+                    range_class = CLASS_RANGES.get(name.split("::")[1])
                 elif name.startswith("phase::"):
                     phase_name = _phase_of(name)
                     break
             node = node.cpu_parent
         if in_attention:
             cls = "Attention"
+        elif range_class is not None:
+            cls = range_class
         elif top_op is not None:
             cls = op_class(top_op)
         elif evt.name.startswith(("module::", "phase::", ATTENTION_RANGE)):

@@ -90,7 +90,9 @@ class LlamaPipeline(Pipeline):
                 logits = out.logits[:, -1]  # [B, vocab]
                 token = logits.argmax(dim=-1, keepdim=True)
             generated.append(token)
-        tokens = torch.cat(generated, dim=1).cpu()  # [B, N + 1]
+        tokens = torch.cat(generated, dim=1)  # [B, N + 1]
+        if tokens.device.type != "meta":
+            tokens = tokens.cpu()
         info = {"prompt_tokens": prompt_len, "generated_tokens": int(tokens.shape[1]),
                 "kv_cache_tokens": int(cache.get_seq_length())}
         if has_tokenizer(request.weights):

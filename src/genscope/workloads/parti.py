@@ -80,15 +80,19 @@ class PartiPipeline(Pipeline):
                 if request.use_cfg:
                     uncond, cond = logits.chunk(2)
                     logits = uncond + request.guidance_scale * (cond - uncond)  # [B, K]
-                scores = logits.double().cpu() / self.config.temperature + gumbel_noise((batch, codebook), generator)
-                next_token = scores.argmax(dim=-1).to(self.device)  # [B]
+                if self.device.type == "meta":  # shapes only: no values to sample from
+                    next_token = logits.argmax(dim=-1)  # [B]
+                else:
+                    scores = logits.double().cpu() / self.config.temperature + gumbel_noise((batch, codebook),
+                                                                                             generator)
+                    next_token = scores.argmax(dim=-1).to(self.device)  # [B]
                 token = (next_token.repeat(2) if request.use_cfg else next_token)[:, None]
             sampled.append(next_token)
         tokens = torch.stack(sampled, dim=1)  # [B, T]
         with phase("detokenizer"):
             pixels = detokenizer(tokens.view(batch, grid, grid))  # [B, 3, H, W], RGB in [0, 1]
             images = pixels * 2 - 1  # [-1, 1]
-        info = {"image_tokens": tokens.cpu(), "token_grid": grid, "decode_steps": num_tokens,
+        info = {"image_tokens": tokens if tokens.device.type == "meta" else tokens.cpu(), "token_grid": grid, "decode_steps": num_tokens,
                 "text_tokens": int(text.shape[1]), "cfg_batch": rows}
         return Generation(images=to_pil(images), raw=images.float(), info=info)
 

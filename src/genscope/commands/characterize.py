@@ -29,8 +29,8 @@ CHARACTERIZE_OVERRIDES: dict[str, dict] = {
     "make-a-video": {"steps": 4},
     "muse": {"steps": 8},
     "phenaki": {"steps": 6},
-    "parti": {},
-    "llama": {},
+    "parti": {"image_size": 64},  # 8x8 = 64 image tokens decoded one at a time (128 px: 256)
+    "llama": {"decode_tokens": 32},
 }
 
 
@@ -65,7 +65,8 @@ def command_steps(workloads: list[str], preset: str) -> list[tuple[str, str, lis
     for w in workloads:
         steps.append(("flops", w, ["flops", w, "--preset", "paper"]))
     for w in workloads:
-        steps.append(("seqlen", w, ["seqlen", w, "--preset", "paper"]))
+        # autoregressive workloads: one token is one period; the small preset keeps the decode loop short
+        steps.append(("seqlen", w, ["seqlen", w, "--preset", preset if w in ("llama", "parti") else "paper"]))
     if "stable-diffusion" in workloads:
         steps.append(("seqlen-sizes", "stable-diffusion",
                       ["seqlen", "stable-diffusion", "--preset", "paper", "--image-size", "64", "128", "256", "512",
@@ -76,14 +77,18 @@ def command_steps(workloads: list[str], preset: str) -> list[tuple[str, str, lis
     steps.append(("taxonomy", "suite", ["taxonomy", "--models", *workloads]))
     steps.append(("roofline", "suite", ["roofline", "--models", *workloads]))
     if "stable-diffusion" in workloads:
-        steps.append(("scaling", "stable-diffusion", ["scaling", "--preset", preset, "--repeat", "1"]))
+        steps.append(("scaling", "stable-diffusion", ["scaling", "--preset", preset, "--image-size", "64", "128",
+                                                      "256", "--steps", "1", "--repeat", "1", "--phase", "denoise"]))
     steps.append(("prefill-decode", "suite", ["prefill-decode", "--models", *workloads, "--preset", preset,
-                                              "--repeat", "3"]))
+                                              "--repeat", "3", "--max-shapes", "4"]))
     if "make-a-video" in workloads:
-        steps.append(("temporal", "make-a-video", ["temporal", "--model", "make-a-video", "--preset", preset]))
+        steps.append(("temporal", "make-a-video", ["temporal", "--model", "make-a-video", "--preset", preset,
+                                                   "--frames", "2,4,8,16,32,64", "--image-size", "32,64",
+                                                   "--repeat", "1", "--steps", "1"]))
     if "stable-diffusion" in workloads:
         steps.append(("optimization", "stable-diffusion",
-                      ["optimize", "stable-diffusion", "--preset", preset, "--ablation", "--winograd-table"]))
+                      ["optimize", "stable-diffusion", "--preset", preset, "--ablation", "--winograd-table",
+                       "--repeat", "2"]))
     return steps
 
 

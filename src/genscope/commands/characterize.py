@@ -25,7 +25,7 @@ from genscope.errors import UserError
 CHARACTERIZE_OVERRIDES: dict[str, dict] = {
     "stable-diffusion": {"steps": 8},
     "prod-image": {"steps": 4},
-    "imagen": {"steps": 4},
+    "imagen": {"steps": 2},
     "make-a-video": {"steps": 4},
     "muse": {"steps": 8},
     "phenaki": {"steps": 6},
@@ -80,7 +80,7 @@ def command_steps(workloads: list[str], preset: str) -> list[tuple[str, str, lis
         steps.append(("scaling", "stable-diffusion", ["scaling", "--preset", preset, "--image-size", "64", "128",
                                                       "256", "--steps", "1", "--repeat", "1", "--phase", "denoise"]))
     steps.append(("prefill-decode", "suite", ["prefill-decode", "--models", *workloads, "--preset", preset,
-                                              "--repeat", "3", "--max-shapes", "4"]))
+                                              "--repeat", "2", "--max-shapes", "4"]))
     if "make-a-video" in workloads:
         steps.append(("temporal", "make-a-video", ["temporal", "--model", "make-a-video", "--preset", preset,
                                                    "--frames", "2,4,8,16,32,64", "--image-size", "32,64",

@@ -389,13 +389,12 @@ class _CoreTimer:
 
     @contextlib.contextmanager
     def __call__(self, call: AttentionCall):
-        synchronize(self.device)
-        start = time.perf_counter()
+        timer = _Timer(self.device)
         try:
-            yield
+            with timer.section("core"):
+                yield
         finally:
-            synchronize(self.device)
-            self.ms += (time.perf_counter() - start) * 1e3
+            self.ms += timer.ms["core"]
 
 
 def run_sweep(config: SweepConfig = SweepConfig(), progress: Callable[[str], None] | None = None

@@ -266,6 +266,16 @@ def _additive_mask(attn_mask: torch.Tensor | None, is_causal: bool, query_len: i
     return mask
 
 
+def flatten_heads(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
+    """[B, H, L, d] -> [B*H, L, d] for batched matmuls (K/V broadcast over heads are expanded first)."""
+    batch, heads, query_len, head_dim = query.shape
+    key_len, value_dim = key.shape[-2], value.shape[-1]
+    q3 = query.reshape(batch * heads, query_len, head_dim)  # [B*H, Lq, d]
+    k3 = key.expand(batch, heads, key_len, head_dim).reshape(batch * heads, key_len, head_dim)  # [B*H, Lk, d]
+    v3 = value.expand(batch, heads, key_len, value_dim).reshape(batch * heads, key_len, value_dim)
+    return q3, k3, v3
+
+
 def baseline_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -283,9 +293,7 @@ def baseline_attention(
     batch, heads, query_len, head_dim = query.shape
     key_len, value_dim = key.shape[-2], value.shape[-1]
     scale = head_dim**-0.5 if scale is None else scale
-    q3 = query.reshape(batch * heads, query_len, head_dim)  # [B*H, Lq, d]
-    k3 = key.expand(batch, heads, key_len, head_dim).reshape(batch * heads, key_len, head_dim)
-    v3 = value.expand(batch, heads, key_len, value_dim).reshape(batch * heads, key_len, value_dim)
+    q3, k3, v3 = flatten_heads(query, key, value)
     mask = _additive_mask(attn_mask, is_causal, query_len, key_len, query.dtype, query.device)
     if mask is None:
         # scores: [B*H, Lq, Lk]

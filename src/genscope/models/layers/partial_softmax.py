@@ -39,15 +39,6 @@ from genscope.models.layers.triton_support import triton_available
 CPU_BLOCK_BYTES = 32 * 2**20
 
 
-def _flatten_heads(query, key, value):
-    batch, heads, query_len, head_dim = query.shape
-    key_len, value_dim = key.shape[-2], value.shape[-1]
-    q3 = query.reshape(batch * heads, query_len, head_dim)  # [B*H, N, d]
-    k3 = key.expand(batch, heads, key_len, head_dim).reshape(batch * heads, key_len, head_dim)  # [B*H, M, d]
-    v3 = value.expand(batch, heads, key_len, value_dim).reshape(batch * heads, key_len, value_dim)
-    return q3, k3, v3
-
-
 def _mask_block(mask: torch.Tensor | None, batch: int, heads: int, rows: slice, key_len: int):
     """The additive mask for a block of query rows: [B*H, rows, M] (a copy of the block only)."""
     if mask is None:
@@ -78,7 +69,7 @@ def partial_softmax_attention(
     ``block_rows``: query rows per block on CPU (default: about :data:`CPU_BLOCK_BYTES` of A per block;
     ``block_rows >= N`` is the paper's unblocked form). Returns [B, H, N, d_v].
     """
-    from genscope.models.layers.attention import _additive_mask
+    from genscope.models.layers.attention import _additive_mask, flatten_heads
 
     if query.device.type == "meta":
         return torch.empty(*query.shape[:-1], value.shape[-1], dtype=query.dtype, device="meta")
@@ -92,7 +83,7 @@ def partial_softmax_attention(
         from genscope.models.layers import partial_softmax_triton as kt
 
         return kt.partial_softmax_attention_triton(query, key, value, mask=mask, scale=scale)
-    q3, k3, v3 = _flatten_heads(query, key, value)
+    q3, k3, v3 = flatten_heads(query, key, value)
     q3 = q3 * scale  # [B*H, N, d]: the scale folded into Q (N*d multiplies instead of N*M)
     k3t = k3.transpose(1, 2)  # [B*H, d, M]
     bh = q3.shape[0]

@@ -108,7 +108,8 @@ def test_phases_sum_to_total_and_cfg_steps_are_in_the_count():
     assert two.summary["flops_per_image"] == pytest.approx(s["flops_per_image"])
 
 
-@pytest.mark.parametrize("name,overrides", [("stable-diffusion", {"steps": 5}), ("llama", {"decode_tokens": 9})])
+@pytest.mark.parametrize("name,overrides", [("stable-diffusion", {"steps": 5}), ("llama", {"decode_tokens": 9}),
+                                            ("parti", {}), ("imagen", {})])
 def test_memoized_and_predicted_counts_are_exact(name, overrides):
     fast = count_workload(name, "tiny", **overrides)
     exact = count_workload(name, "tiny", memoize=False, **overrides)
@@ -118,21 +119,32 @@ def test_memoized_and_predicted_counts_are_exact(name, overrides):
         pd.testing.assert_frame_equal(fast.tables[table], exact.tables[table])
 
 
-def test_meta_op_cache_changes_nothing():
+@pytest.mark.parametrize("name", ["stable-diffusion", "imagen"])
+def test_meta_op_cache_changes_nothing(name):
+    """The meta op cache, the composite-op cache (``linear``, ``group_norm``, imagen's ``quantile``) and the
+    scalar-tensor keys (the schedulers' alphas) leave every row, step total and meta read as they were."""
     from dataclasses import replace
 
     from genscope.workloads import registry
     from genscope.workloads.base import RunSettings
 
-    workload = registry.get("stable-diffusion")
+    workload = registry.get(name)
     request = replace(workload.request(RunSettings(preset="tiny")), device=torch.device("meta"))
-    tables = []
+    results = []
     for cache in (True, False):
         pipeline = workload.build(workload.config("tiny"), device="meta")
         with FlopCounter(pipeline.components, meta_cache=cache) as counter:
+            mode = counter.mode
             pipeline(request)
-        tables.append(counter.table().sort_values(["phase", "module", "op", "op_class"], ignore_index=True))
-    pd.testing.assert_frame_equal(*tables)
+        results.append((counter.table().sort_values(["phase", "module", "op", "op_class"], ignore_index=True),
+                        counter.step_table().sort_values(["phase", "step"], ignore_index=True),
+                        counter.meta_value_reads, mode.composite_cache, mode.meta_cache))
+    (rows, steps, reads, composites, metas), (rows0, steps0, reads0, composites0, metas0) = results
+    pd.testing.assert_frame_equal(rows, rows0)
+    pd.testing.assert_frame_equal(steps, steps0)
+    assert reads == reads0
+    assert composites and metas and not composites0 and not metas0  # the caches were used, and only when on
+    assert "aten.linear.default" in {str(key[0]) for key in composites}
 
 
 def test_sd15_unet_forward_at_paper_scale():

@@ -152,7 +152,8 @@ def add_parsers(sub) -> None:
                    help="kernel implementations: torch (CPU), triton (CUDA), auto")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's); decisions are cached per count")
     p.add_argument("--no-measure", action="store_true",
-                   help="the paper's rules (flash for head dim 40, Winograd F(4x4) everywhere) instead of measuring")
+                   help="the paper's rules (flash for head dim 40, Winograd F(4x4) everywhere - the largest "
+                        "smaller tile where F(4x4) fails the oracle) instead of measuring")
     p.add_argument("--winograd-budget", default="0.276",
                    help="transformed weights Winograd may add, as a fraction of the model's weights (default 0.276: "
                         "the paper's Table 1 growth, 1640 -> 2093 MB); 'none' for no limit")

@@ -170,7 +170,9 @@ def op_name(packet) -> str:
 # ----------------------------------------------------------------------------------------------------
 # The counter
 # ----------------------------------------------------------------------------------------------------
-SERIES_WINDOW = 4  # calls that must fit the affine model exactly before later calls are predicted
+# calls that must fit the affine model exactly before later calls are predicted: two determine it, every
+# further one verifies it (a second difference that is not zero - quadratic growth - shows within three)
+SERIES_WINDOW = 3
 
 
 class SeriesBroken(RuntimeError):
@@ -198,6 +200,10 @@ class _Memo:
     rows: dict[tuple, list[int]]  # (packet, leaf path, in attention, inner parents) -> [flops, softmax, bytes, n]
     out_spec: Any
     out_leaves: list[Any]  # tensors as _TensorDesc; other leaves as they were
+    totals: tuple[int, int, int] = (0, 0, 0)  # flops, softmax_flops, bytes summed over rows
+
+    def __post_init__(self) -> None:
+        self.totals = tuple(sum(v[i] for v in self.rows.values()) for i in range(3))
 
 
 @dataclass
@@ -414,6 +420,10 @@ class FlopCounter(FlopCounterMode):
         self._patched: list[tuple[nn.Module, Any]] = []
         self._wrapper_handle = None
         self._leaf_cache: dict[frozenset, str] = {}
+        self._submodules: dict[int, list] = {}  # id(component module) -> its named_modules()
+        self._op_costs: dict[tuple, tuple[int, int, int]] = {}  # meta key -> flops, softmax_flops, bytes
+        self._recordings: list[list] = []  # open recordings of composite ops (see _GenscopeFlopMode)
+        self._deferred_replays: dict[tuple, list] = {}  # (memo id, phase, outer parents) -> [memo, calls]
 
     # -- context -----------------------------------------------------------------------------------------
     def __enter__(self):
@@ -429,7 +439,7 @@ class FlopCounter(FlopCounterMode):
         return self
 
     def __exit__(self, *args):
-        self._flush_predicted()
+        self._flush_deferred()
         for module, had in reversed(self._patched):
             if had is None:
                 del module.forward
@@ -461,26 +471,39 @@ class FlopCounter(FlopCounterMode):
             self._leaf_cache[parents] = leaf
         return leaf
 
-    def _count_flops(self, func_packet, out, args, kwargs):
+    def _count_flops(self, func_packet, out, args, kwargs, key: tuple | None = None):
+        """Count one executed op (torch's mode calls this); ``key``: the op's meta key, under which its
+        (flops, softmax FLOPs, bytes) - a function of its arguments' metadata only - are cached."""
         if self._quiet:  # the counter's own allocations (replayed outputs)
             return out
-        flops = 0
+        costs = self._op_costs.get(key) if key is not None else None
+        if costs is None:
+            flops = 0
+            if func_packet in self.flop_registry:
+                flops = int(self.flop_registry[func_packet](*args, **kwargs, out_val=out))
+            costs = (flops, op_softmax_flops(func_packet, args), op_bytes(func_packet, args, kwargs, out))
+            if key is not None:
+                self._op_costs[key] = costs
+        self._record(func_packet, *costs)
+        return out
+
+    def _record(self, packet, flops: int, softmax: int, nbytes: int) -> None:
+        """File one op's counts under the current phase, module path, attention flag and open captures."""
         parents = frozenset(self.mod_tracker.parents)
-        if func_packet in self.flop_registry:
-            flops = int(self.flop_registry[func_packet](*args, **kwargs, out_val=out))
+        if flops:
             for par in parents:
-                self.flop_counts[par][func_packet] += flops
-        softmax = op_softmax_flops(func_packet, args)
-        nbytes = op_bytes(func_packet, args, kwargs, out)
+                self.flop_counts[par][packet] += flops
         leaf = self._leaf(parents)
-        self._add(func_packet, leaf, self._attention_depth > 0, flops, softmax, nbytes, 1)
+        in_attention = self._attention_depth > 0
+        self._add(packet, leaf, in_attention, flops, softmax, nbytes, 1)
         for cap in self._captures:
-            row = cap.rows[(func_packet, leaf, self._attention_depth > 0, parents - cap.outer_parents)]
+            row = cap.rows[(packet, leaf, in_attention, parents - cap.outer_parents)]
             row[0] += flops
             row[1] += softmax
             row[2] += nbytes
             row[3] += 1
-        return out
+        for recording in self._recordings:
+            recording.append((packet, flops, softmax, nbytes))
 
     def _add(self, packet, leaf: str, in_attention: bool, flops: int, softmax: int, nbytes: int, calls: int) -> None:
         info = current_phase()
@@ -525,13 +548,18 @@ class FlopCounter(FlopCounterMode):
         if sig.exact is not None:
             memo = self._memos.get(sig.exact)
             if memo is not None:
-                return self._replay(memo.rows, memo.out_spec, memo.out_leaves)
+                if self._captures:
+                    return self._replay(memo.rows, memo.out_spec, memo.out_leaves)
+                return self._replay_deferred(memo)
         else:
             series = self._series.get(sig.loose)
             if series is not None and series.predicting and self.predict:
                 return self._predict(series, sig)
         cap = _Capture(outer_parents=frozenset(self.mod_tracker.parents))
-        before = state_fingerprint(module)
+        submodules = self._submodules.get(id(module))
+        if submodules is None:
+            submodules = self._submodules[id(module)] = list(module.named_modules())
+        before = state_fingerprint(module, submodules)
         self._captures.append(cap)
         try:
             out = original(*args, **kwargs)
@@ -539,7 +567,7 @@ class FlopCounter(FlopCounterMode):
             self._captures.remove(cap)
         self.memo_runs += 1
         out_leaves, out_spec = tree_flatten(out)
-        if state_fingerprint(module) != before or any(
+        if state_fingerprint(module, submodules) != before or any(
                 isinstance(t, torch.Tensor) and t.device.type != "meta" for t in out_leaves):
             # the call changed the module's own state (a cache it keeps, a counter): its counts may depend on
             # more than its inputs - never replay or predict this component
@@ -578,6 +606,34 @@ class FlopCounter(FlopCounterMode):
         for i, (a, b) in enumerate(zip(series.total_a, series.total_b, strict=True)):
             srow[i] += a + b * j
         return self._outputs(series.out_spec, series.outputs_at(j))
+
+    def _replay_deferred(self, memo: _Memo):
+        """A replay outside any capture: the per-step totals are added now, the memo's rows (hundreds of ops)
+        once per (memo, phase, enclosing modules) when the counter exits, times the number of replays."""
+        self.memo_replays += 1
+        info = current_phase()
+        name = info.name if info is not None else NO_PHASE
+        acc = self._deferred_replays.setdefault((id(memo), name, frozenset(self.mod_tracker.parents)), [memo, 0])
+        acc[1] += 1
+        srow = self.steps[(name, -1 if info is None or info.step is None else info.step)]
+        for i, total in enumerate(memo.totals):
+            srow[i] += total
+        return self._outputs(memo.out_spec, memo.out_leaves)
+
+    def _flush_deferred(self) -> None:
+        for (_, name, outer), (memo, n) in self._deferred_replays.items():
+            for (packet, leaf, in_attention, inner), values in memo.rows.items():
+                flops, softmax, nbytes, calls = (n * v for v in values)
+                if flops:
+                    for par in inner | outer:
+                        self.flop_counts[par][packet] += flops
+                row = self.rows[(name, leaf, packet, in_attention)]
+                row[0] += flops
+                row[1] += softmax
+                row[2] += nbytes
+                row[3] += calls
+        self._deferred_replays.clear()
+        self._flush_predicted()
 
     def _flush_predicted(self) -> None:
         """Expand the accumulated predicted calls: n calls with index sum S add n*a + S*b per row."""
@@ -661,21 +717,29 @@ _MODULE_INTERNALS = frozenset({"_parameters", "_buffers", "_modules", "_non_pers
                                "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called"})
 
 
+_PLAIN_VALUE_TYPES = frozenset({bool, int, float, str, type(None), torch.dtype, torch.device})
+_CONTAINER_TYPES = frozenset({list, tuple, dict, set})
+
+
 def _value_fingerprint(value: Any) -> Any:
+    kind = type(value)
+    if kind in _PLAIN_VALUE_TYPES:
+        return value
     if isinstance(value, torch.Tensor):
         return ("tensor", id(value), tuple(value.shape), value.dtype)
-    if value is None or isinstance(value, (bool, int, float, str, torch.dtype, torch.device)):
+    if kind in _CONTAINER_TYPES or isinstance(value, (list, tuple, dict, set)):
+        return (kind.__name__, id(value), len(value))
+    if isinstance(value, (bool, int, float, str)):  # subclasses (enums)
         return value
-    if isinstance(value, (list, tuple, dict, set)):
-        return (type(value).__name__, id(value), len(value))
-    return (type(value).__name__, id(value))
+    return (kind.__name__, id(value))
 
 
-def state_fingerprint(module: nn.Module) -> tuple:
+def state_fingerprint(module: nn.Module, submodules: list[tuple[str, nn.Module]] | None = None) -> tuple:
     """What a forward call could change in a module tree: every attribute of every submodule (tensors by
-    identity and shape, containers by identity and length, plain values by value), buffers included."""
+    identity and shape, containers by identity and length, plain values by value), buffers included.
+    ``submodules``: ``list(module.named_modules())``, when the caller keeps it."""
     items = []
-    for path, sub in module.named_modules():
+    for path, sub in submodules if submodules is not None else module.named_modules():
         for name, value in vars(sub).items():
             if name not in _MODULE_INTERNALS:
                 items.append((path, name, _value_fingerprint(value)))
@@ -686,47 +750,77 @@ def state_fingerprint(module: nn.Module) -> tuple:
 
 _HASHABLE_SCALARS = (bool, int, float, str, type(None), torch.dtype, torch.device, torch.memory_format,
                      torch.layout)
-_CACHEABLE: dict[Any, bool] = {}
+_OP_KIND: dict[Any, str] = {}
 META_CACHE_LIMIT = 200_000
+LEAF, COMPOSITE, PLAIN, DECOMPOSE = "leaf", "composite", "plain", "decompose"
 
 
-def _cacheable(func) -> bool:
-    """Ops whose meta outputs can be recorded and re-created: functional (no mutation, no aliasing outputs),
-    not random, and not decomposed by the counting mode (CompositeImplicitAutograd ops are counted through
-    their parts)."""
-    ok = _CACHEABLE.get(func)
-    if ok is None:
+def _op_kind(func) -> str:
+    """How the counting mode treats an op overload.
+
+    ``LEAF``: functional (no mutation, no aliasing outputs), not random, with a kernel of its own - run once
+    per distinct metadata, its outputs re-created afterwards. ``COMPOSITE``: the same, but an op torch's mode
+    decomposes (a CompositeImplicitAutograd kernel: ``linear``, ``group_norm``, ``conv2d``, ``quantile``) and
+    counts through its parts - decomposed once per distinct metadata, the parts' counts recorded and re-filed
+    afterwards. ``PLAIN``: any other op with no decomposition (views, in-place ops, random ops) - run and
+    counted, as torch's mode would after finding nothing to decompose. ``DECOMPOSE``: any other decomposable
+    op - left to torch's mode.
+    """
+    kind = _OP_KIND.get(func)
+    if kind is None:
         schema = func._schema
-        ok = (not schema.is_mutable and all(r.alias_info is None for r in schema.returns)
-              and torch.Tag.nondeterministic_seeded not in func.tags
-              and not torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd"))
-        _CACHEABLE[func] = ok
-    return ok
+        functional = (not schema.is_mutable and all(r.alias_info is None for r in schema.returns)
+                      and torch.Tag.nondeterministic_seeded not in func.tags)
+        decomposable = func._can_decompose()
+        kind = (COMPOSITE if decomposable else LEAF) if functional else (DECOMPOSE if decomposable else PLAIN)
+        _OP_KIND[func] = kind
+    return kind
 
 
-def _meta_value_key(value: Any) -> Any:
-    """Hashable description of one op argument; raises KeyError for a real tensor or an unhashable value."""
+class _NotMetaKeyable(Exception):
+    pass
+
+
+def _meta_value_key(value: Any, found: list) -> Any:
+    """Hashable description of one op argument (``found[0]``: a meta tensor was seen; ``found[1]``: real
+    0-dim tensors may be keyed by dtype); raises :class:`_NotMetaKeyable` for any other real tensor or an
+    unhashable value."""
     if isinstance(value, torch.Tensor):
-        if value.device.type != "meta":
-            raise KeyError("real tensor")
-        return (tuple(value.shape), value.stride(), value.dtype, value.storage_offset())
+        if value.device.type == "meta":
+            found[0] = True
+            return (tuple(value.shape), value.stride(), value.dtype, value.storage_offset())
+        if found[1] and value.dim() == 0:  # a real scalar (a scheduler's alpha): its dtype counts, not its value
+            return ("scalar", value.dtype, value.device.type)
+        raise _NotMetaKeyable
     if isinstance(value, (list, tuple)):
-        return tuple(_meta_value_key(v) for v in value)
+        return tuple(_meta_value_key(v, found) for v in value)
     if isinstance(value, _HASHABLE_SCALARS):
         return value
-    raise KeyError(type(value).__name__)
+    raise _NotMetaKeyable
 
 
 def _meta_key(func, args, kwargs) -> tuple | None:
-    """Everything a meta op's output depends on: tensor metadata and the other arguments; None if a real
-    tensor or an unhashable argument is involved, or no tensor at all."""
-    if not any(isinstance(v, torch.Tensor) or (isinstance(v, (list, tuple)) and v and isinstance(v[0], torch.Tensor))
-               for v in (*args, *kwargs.values())):
-        return None
+    """Everything a meta op's output depends on: tensor metadata and the other arguments; None without a meta
+    tensor among the arguments (a real computation: its values matter), with a real tensor (but a 0-dim one
+    in a pointwise op), or with an unhashable argument. The value of a real 0-dim tensor in a pointwise op
+    with meta tensors decides nothing of the output but its dtype (type promotion), which its dtype decides."""
+    found = [False, torch.Tag.pointwise in func.tags]
     try:
-        return (func, _meta_value_key(args), tuple((k, _meta_value_key(v)) for k, v in kwargs.items()))
-    except KeyError:
+        key = (func, _meta_value_key(args, found), tuple((k, _meta_value_key(v, found)) for k, v in kwargs.items()))
+    except _NotMetaKeyable:
         return None
+    return key if found[0] else None
+
+
+def _fresh(out_spec, described: list):
+    """Meta tensors of recorded metadata (``_TensorDesc``), other leaves as recorded, in ``out_spec``'s structure."""
+    leaves = [torch.empty_strided(d.shape, d.stride, dtype=d.dtype, device=d.device)
+              if isinstance(d, _TensorDesc) else d for d in described]
+    return tree_unflatten(leaves, out_spec)
+
+
+def _all_fresh_meta(leaves: list) -> bool:
+    return all(isinstance(t, torch.Tensor) and t.device.type == "meta" and t.storage_offset() == 0 for t in leaves)
 
 
 class _GenscopeFlopMode(_FlopCounterMode):
@@ -737,28 +831,61 @@ class _GenscopeFlopMode(_FlopCounterMode):
     * a **meta op cache**: the output metadata of a functional ATen op on meta tensors depends on nothing but
       its inputs' metadata and its other arguments, so each distinct call is run once (torch's Python meta
       kernels cost up to a millisecond) and later identical calls get fresh tensors of the recorded shapes
-      and strides - the counts are unaffected (they are computed from the same shapes as before).
+      and strides - the counts are unaffected (they are computed from the same shapes as before);
+    * a **composite cache**: likewise for the functional CompositeImplicitAutograd ops torch's mode decomposes
+      (``linear`` -> ``t`` + ``addmm``): each distinct call is decomposed once while the counts of its parts
+      are recorded, and later identical calls re-file those counts (same ops, same numbers, same phase and
+      module as a decomposition would give) and get fresh outputs - decomposing through Python costs about
+      half a millisecond per call.
     """
 
     def __init__(self, counter) -> None:
         super().__init__(counter)
-        self.meta_cache: dict[tuple, tuple] = {}
+        self.meta_cache: dict[tuple, tuple] = {}  # meta key -> (out spec, out leaves described)
+        self.composite_cache: dict[tuple, tuple] = {}  # meta key -> (out spec, out leaves, [(packet, counts)])
+
+    def _remember(self, cache: dict, key: tuple, value: tuple) -> None:
+        if len(cache) >= META_CACHE_LIMIT:
+            cache.clear()
+        cache[key] = value
 
     def _cached(self, func, args, kwargs):
-        key = _meta_key(func, args, kwargs) if self.counter.meta_cache and _cacheable(func) else None
+        """(output, meta key or None): a leaf op run once per distinct metadata."""
+        key = _meta_key(func, args, kwargs) if self.counter.meta_cache else None
         if key is None:
-            return func(*args, **kwargs)
+            return func(*args, **kwargs), None
         hit = self.meta_cache.get(key)
         if hit is not None:
-            leaves = [torch.empty_strided(d.shape, d.stride, dtype=d.dtype, device=d.device)
-                      if isinstance(d, _TensorDesc) else d for d in hit[1]]
-            return tree_unflatten(leaves, hit[0])
+            return _fresh(*hit), key
         out = func(*args, **kwargs)
         leaves, spec = tree_flatten(out)
-        if all(isinstance(t, torch.Tensor) and t.device.type == "meta" and t.storage_offset() == 0 for t in leaves):
-            if len(self.meta_cache) >= META_CACHE_LIMIT:
-                self.meta_cache.clear()
-            self.meta_cache[key] = (spec, [_describe(t) for t in leaves])
+        if _all_fresh_meta(leaves):
+            self._remember(self.meta_cache, key, (spec, [_describe(t) for t in leaves]))
+        return out, key
+
+    def _composite(self, func, types, args, kwargs):
+        """A functional composite op: its recorded parts re-filed, or decomposed (and recorded) by torch's mode."""
+        counter = self.counter
+        key = _meta_key(func, args, kwargs) if counter.meta_cache and not counter._quiet else None
+        if key is not None:
+            hit = self.composite_cache.get(key)
+            if hit is not None:
+                for packet, flops, softmax, nbytes in hit[2]:
+                    counter._record(packet, flops, softmax, nbytes)
+                return _fresh(hit[0], hit[1])
+        if key is None:
+            return super().__torch_dispatch__(func, types, args, kwargs)
+        recording: list = []
+        reads = counter.meta_value_reads
+        counter._recordings.append(recording)
+        try:
+            out = super().__torch_dispatch__(func, types, args, kwargs)
+        finally:
+            counter._recordings.remove(recording)
+        leaves, spec = tree_flatten(out)
+        # a decomposition that read meta values (zeros) may branch on them: never cached
+        if counter.meta_value_reads == reads and _all_fresh_meta(leaves):
+            self._remember(self.composite_cache, key, (spec, [_describe(t) for t in leaves], recording))
         return out
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -778,21 +905,17 @@ class _GenscopeFlopMode(_FlopCounterMode):
         if func is aten.scaled_dot_product_attention.default:
             # one fused op on every device: torch's mode would decompose it (the math path on meta tensors,
             # materializing the similarity matrix) - counted whole, it moves q, k, v and the output only
-            key = _meta_key(func, args, kwargs) if self.counter.meta_cache else None
-            if key is None:
-                out = func(*args, **kwargs)
-            else:
-                hit = self.meta_cache.get(key)
-                if hit is None:
-                    out = func(*args, **kwargs)
-                    self.meta_cache[key] = (None, [_describe(out)])
-                else:
-                    d = hit[1][0]
-                    out = torch.empty_strided(d.shape, d.stride, dtype=d.dtype, device=d.device)
-            return self.counter._count_flops(func._overloadpacket, out, args, kwargs)
-        if (isinstance(func, torch._ops.OpOverload) and _cacheable(func)
-                and func not in _SKIPPED_BY_TORCH_MODE):
-            return self.counter._count_flops(func._overloadpacket, self._cached(func, args, kwargs), args, kwargs)
+            out, key = self._cached(func, args, kwargs)
+            return self.counter._count_flops(func._overloadpacket, out, args, kwargs, key)
+        if isinstance(func, torch._ops.OpOverload) and func not in _SKIPPED_BY_TORCH_MODE:
+            kind = _op_kind(func)
+            if kind == LEAF:
+                out, key = self._cached(func, args, kwargs)
+                return self.counter._count_flops(func._overloadpacket, out, args, kwargs, key)
+            if kind == PLAIN:  # what torch's mode does once func.decompose() returned NotImplemented
+                return self.counter._count_flops(func._overloadpacket, func(*args, **kwargs), args, kwargs)
+            if kind == COMPOSITE and func not in self.counter.flop_registry:
+                return self._composite(func, types, args, kwargs)
         return super().__torch_dispatch__(func, types, args, kwargs)
 
 

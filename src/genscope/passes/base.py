@@ -67,7 +67,7 @@ class PassConfig:
         selective flash) run the model once on them to see the shapes. Without them, Winograd needs a fixed
         tile and selective flash decides on each new shape at its first call.
     measure: decide by measurement (False: the paper's rules - flash for head dim in ``flash_head_dims``,
-        Winograd with ``winograd_tile`` or F(4x4) everywhere).
+        Winograd with ``winograd_tile`` or F(4x4) everywhere - F(2x2) where F(4x4) fails the oracle).
     repeats: interleaved repetitions per measured decision.
     decisions_path: the decision cache (default ``$GENSCOPE_DECISIONS`` or ``~/.genscope/pass-decisions.json``).
     """

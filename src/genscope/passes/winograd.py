@@ -11,11 +11,14 @@ U and V kept in float32 in a 16-bit model - the output is still rounded to the m
 
 Decisions
 * precision: a variant is a candidate only if it meets the oracle in the model's dtype (a canonical
-  128-channel layer, then each chosen layer with its own weights). Measured on this checkout's machine:
-  float32: F(2x2) and F(4x4) pass, F(6x6) fails (about 6.5x direct convolution's error); bfloat16/float16
-  with 16-bit products: every tile fails (2.8x for F(2x2)), with float32 products every tile passes. A tile
-  asked for explicitly (``PassConfig.winograd_tile``) with no passing variant is refused with the measured
-  errors;
+  128-channel layer, then each chosen layer with its own weights). The verdict depends on the machine,
+  because direct convolution's own error does: in float32 on an AMD EPYC (AVX2) F(2x2) and F(4x4) pass and
+  F(6x6) fails (about 6.5x direct convolution's error); on an Intel Xeon with AVX-512, where oneDNN's direct
+  convolution is more accurate (2.1e-7), F(2x2) passes (1.5x) and F(4x4) (4.2x) and F(6x6) (18x) fail
+  (``winograd_oracle(m, torch.float32)``). bfloat16/float16 with 16-bit products: every tile fails (2.8x
+  for F(2x2)), with float32 products every tile passes. A tile asked for explicitly
+  (``PassConfig.winograd_tile``) with no passing variant is refused with the measured errors; the paper's
+  rule (``measure=False``, no tile given) falls back to the largest smaller tile that passes, with a note;
 * speed: with ``measure`` (default), each layer's input shape is timed with direct convolution and every
   candidate (interleaved repetitions); the fastest wins, direct unless a variant is >= 3 % faster. The
   choice is cached per device, dtype and shape (``~/.genscope``). With example inputs in the config this
@@ -38,6 +41,7 @@ from torch import nn
 from genscope.passes.base import Pass, PassContext, shallow_clone
 from genscope.passes.decisions import DecisionCache, decision_key, fastest, measure_interleaved
 from genscope.passes.kernels import cpu as kcpu
+from genscope.passes.kernels.winograd_math import TILES
 from genscope.passes.oracle import OracleResult, check_functions
 
 PAPER_TILE = 4  # Chen et al. 2023, Sec. 3.3: "we selected a 4x4 tile size"
@@ -293,6 +297,17 @@ class WinogradPass(Pass):
         fixed_tile = cfg.winograd_tile if cfg.winograd_tile is not None else (None if cfg.measure else PAPER_TILE)
         tiles = [fixed_tile] if fixed_tile is not None else list(cfg.winograd_tiles)
         variants, results = allowed_variants(tiles, ctx.dtype, ctx.device)
+        if cfg.winograd_tile is None and fixed_tile is not None and not variants:
+            # the paper's rule (F(4x4) everywhere) where F(4x4) fails the oracle on this machine: the largest
+            # smaller tile that meets it, everywhere - said in a note (an explicit tile is refused instead)
+            for tile in sorted((t for t in TILES if t < fixed_tile), reverse=True):
+                variants, more = allowed_variants([tile], ctx.dtype, ctx.device)
+                results += more
+                if variants:
+                    ctx.note(f"F({fixed_tile}x{fixed_tile},3x3), the paper's tile, fails the oracle in {dname} "
+                             f"on this machine; {variants[0].name} everywhere instead")
+                    fixed_tile = tile
+                    break
         for r in results:
             ctx.record(r)
             if not r.ok:

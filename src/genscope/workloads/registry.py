@@ -7,9 +7,12 @@ and ``--help`` stay fast. A workload whose module is not in this checkout yet is
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from genscope.errors import choice_error
-from genscope.workloads.base import Workload
+
+if TYPE_CHECKING:  # importing the workloads' base imports torch: the report needs only the names
+    from genscope.workloads.base import Workload
 
 # In the paper's order (Table II / Figure 7).
 SUITE: dict[str, str] = {

@@ -233,7 +233,7 @@ def test_filter_fn_restricts_the_swaps():
     assert log and all(s.path.startswith("up_blocks") for s in log)
 
 
-def test_unknown_pass_and_triton_without_gpu_are_user_errors():
+def test_unknown_pass_and_triton_without_gpu_are_user_errors(capsys):
     unet, _, _ = tiny_unet()
     with pytest.raises(UserError, match="unknown pass"):
         apply(unet, PassConfig(passes=("nope",)))
@@ -245,6 +245,10 @@ def test_unknown_pass_and_triton_without_gpu_are_user_errors():
     assert main(["optimize", "stable-diffusion", "--preset", "tiny"]) == 2  # neither table asked for
     assert main(["optimize", "stable-diffusion", "--preset", "huge", "--ablation"]) == 2
     assert main(["optimize", "imagen", "--ablation"]) == 2
+    capsys.readouterr()
+    assert main(["optimize", "foo"]) == 2  # the unknown model is named first, whatever else is missing
+    err = capsys.readouterr().err.strip()
+    assert "'foo'" in err and "stable-diffusion" in err and len(err.splitlines()) == 1
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

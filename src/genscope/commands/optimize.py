@@ -8,7 +8,7 @@ import json
 import sys
 
 from genscope.cli import command
-from genscope.errors import UserError
+from genscope.errors import UserError, choice_error
 
 ABLATION_COLUMNS = ["row", "time_ms", "spread_pct", "speedup", "peak_tensor_mb", "weight_mb", "max_rel_error",
                     "gflops_per_s", "dominant_op_class"]
@@ -74,6 +74,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from genscope.models.runtime import check_dtype_on_device, parse_device, parse_dtype
     from genscope.studies import optimization as study
 
+    if args.model not in study.WORKLOADS:  # the model first: it is the command's one positional argument
+        raise choice_error("workload for optimize", args.model, study.WORKLOADS)
     if not (args.ablation or args.winograd_table):
         raise UserError("say what to run: --ablation (Table 1) and/or --winograd-table (Table 2)")
     config = study.preset_config(args.model, args.preset) if args.preset in _presets() else None

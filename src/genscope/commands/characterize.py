@@ -9,6 +9,7 @@ there. ``--fresh`` runs everything again (new records; nothing is deleted).
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -159,6 +160,10 @@ def run_plan(tasks: list[Task], store, *, fresh: bool = False, on_event: Callabl
         counts["done"] += 1
         if on_event:
             on_event("done", task)
+        del tables
+        # each task builds its own models: free them, reference cycles included, before the next one builds
+        # (the console script raises the collector's thresholds - see genscope.cli.CLI_GC_THRESHOLD)
+        gc.collect()
     return counts
 
 

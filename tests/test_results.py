@@ -232,3 +232,17 @@ def test_runs_cli(tmp_path, capsys):
     assert main(["runs", "list", "--db", str(tmp_path / "new.db")]) == 0
     assert "no runs stored" in capsys.readouterr().out
     assert os.path.exists(tmp_path / "new.db")
+
+
+@pytest.mark.parametrize("module", ["genscope", "genscope.cli"])
+def test_python_dash_m_runs_the_cli(tmp_path, module):
+    """``python -m genscope`` and ``python -m genscope.cli`` run the registered commands (the second used to
+    fail: run as ``__main__``, the module's command table stayed empty) and keep the exit-code contract."""
+    db = tmp_path / "results.db"
+    ok = subprocess.run([sys.executable, "-m", module, "runs", "list", "--db", str(db)], capture_output=True,
+                        text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "no runs stored" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", module, "runs", "show", "999", "--db", str(db)],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

@@ -51,6 +51,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.flop_counter import FlopCounterMode, _FlopCounterMode, flop_registry, register_flop_formula
 
 from genscope.instrument.opclasses import op_class
+from genscope.instrument.patching import wrap_forward
 from genscope.models.layers.attention import register_wrapper
 from genscope.workloads.phases import current_phase
 
@@ -420,7 +421,7 @@ class FlopCounter(FlopCounterMode):
         self._quiet = False
         self._captures: list[_Capture] = []
         self._memos: dict[tuple, _Memo] = {}
-        self._patched: list[tuple[nn.Module, Any]] = []
+        self._patched: list[tuple[nn.Module, Callable[[], None]]] = []  # (component, undo its wrapper)
         self._wrapper_handle = None
         self._leaf_cache: dict[frozenset, str] = {}
         self._submodules: dict[int, list] = {}  # id(component module) -> its named_modules()
@@ -443,11 +444,8 @@ class FlopCounter(FlopCounterMode):
 
     def __exit__(self, *args):
         self._flush_deferred()
-        for module, had in reversed(self._patched):
-            if had is None:
-                del module.forward
-            else:
-                module.forward = had
+        for _, undo in reversed(self._patched):
+            undo()
         self._patched.clear()
         if self._wrapper_handle is not None:
             self._wrapper_handle.remove()
@@ -524,23 +522,19 @@ class FlopCounter(FlopCounterMode):
 
     # -- memoization and series prediction (meta only) ---------------------------------------------------
     def _patch(self, module: nn.Module) -> None:
-        had = module.__dict__.get("forward")
-        original = module.forward
         counter = self
 
-        def forward(*args, **kwargs):
-            return counter._memo_call(module, original, args, kwargs)
+        def make(original):
+            def forward(*args, **kwargs):
+                return counter._memo_call(module, original, args, kwargs)
+            return forward
 
-        module.forward = forward
-        self._patched.append((module, had))
+        self._patched.append((module, wrap_forward(module, make)))
 
     def _unpatch(self, module: nn.Module) -> None:
-        for i, (m, had) in enumerate(self._patched):
+        for i, (m, undo) in enumerate(self._patched):
             if m is module:
-                if had is None:
-                    del module.forward
-                else:
-                    module.forward = had
+                undo()
                 del self._patched[i]
                 return
 
@@ -600,60 +594,53 @@ class FlopCounter(FlopCounterMode):
         if self._captures:  # inside a memoized call: replay row by row so that the capture sees them
             rows, out_leaves = series.at(j)
             return self._replay(rows, series.out_spec, out_leaves, count_as_replay=False)
-        info = current_phase()
-        name = info.name if info is not None else NO_PHASE
+        name = self._add_step_totals([a + b * j for a, b in zip(series.total_a, series.total_b, strict=True)])
         acc = self._deferred.setdefault((id(series), name, frozenset(self.mod_tracker.parents)), [series, 0, 0])
         acc[1] += 1
         acc[2] += j
-        srow = self.steps[(name, -1 if info is None or info.step is None else info.step)]
-        for i, (a, b) in enumerate(zip(series.total_a, series.total_b, strict=True)):
-            srow[i] += a + b * j
         return self._outputs(series.out_spec, series.outputs_at(j))
+
+    def _add_step_totals(self, totals) -> str:
+        """Add (flops, softmax_flops, bytes) to the current phase entry's totals; returns the phase name."""
+        info = current_phase()
+        name = info.name if info is not None else NO_PHASE
+        srow = self.steps[(name, -1 if info is None or info.step is None else info.step)]
+        for i, total in enumerate(totals):
+            srow[i] += total
+        return name
 
     def _replay_deferred(self, memo: _Memo):
         """A replay outside any capture: the per-step totals are added now, the memo's rows (hundreds of ops)
         once per (memo, phase, enclosing modules) when the counter exits, times the number of replays."""
         self.memo_replays += 1
-        info = current_phase()
-        name = info.name if info is not None else NO_PHASE
+        name = self._add_step_totals(memo.totals)
         acc = self._deferred_replays.setdefault((id(memo), name, frozenset(self.mod_tracker.parents)), [memo, 0])
         acc[1] += 1
-        srow = self.steps[(name, -1 if info is None or info.step is None else info.step)]
-        for i, total in enumerate(memo.totals):
-            srow[i] += total
         return self._outputs(memo.out_spec, memo.out_leaves)
 
     def _flush_deferred(self) -> None:
+        """Expand the accumulated replays (n replays add n x each row) and predicted calls (n calls with
+        index sum S add n*a + S*b per row)."""
         for (_, name, outer), (memo, n) in self._deferred_replays.items():
-            for (packet, leaf, in_attention, inner), values in memo.rows.items():
-                flops, softmax, nbytes, calls = (n * v for v in values)
-                if flops:
-                    for par in inner | outer:
-                        self.flop_counts[par][packet] += flops
-                row = self.rows[(name, leaf, packet, in_attention)]
-                row[0] += flops
-                row[1] += softmax
-                row[2] += nbytes
-                row[3] += calls
-        self._deferred_replays.clear()
-        self._flush_predicted()
-
-    def _flush_predicted(self) -> None:
-        """Expand the accumulated predicted calls: n calls with index sum S add n*a + S*b per row."""
+            for key, values in memo.rows.items():
+                self._file_row(name, outer, key, [n * v for v in values])
         for (_, name, outer), (series, n, index_sum) in self._deferred.items():
             keys, a, b = series._rows
             for key, va, vb in zip(keys, a, b, strict=True):
-                packet, leaf, in_attention, inner = key
-                flops, softmax, nbytes, calls = (n * x + index_sum * y for x, y in zip(va, vb, strict=True))
-                if flops:
-                    for par in inner | outer:
-                        self.flop_counts[par][packet] += flops
-                row = self.rows[(name, leaf, packet, in_attention)]
-                row[0] += flops
-                row[1] += softmax
-                row[2] += nbytes
-                row[3] += calls
+                self._file_row(name, outer, key, [n * x + index_sum * y for x, y in zip(va, vb, strict=True)])
+        self._deferred_replays.clear()
         self._deferred.clear()
+
+    def _file_row(self, name: str, outer: frozenset, key: tuple, values: list[int]) -> None:
+        """Add a deferred row - ``key`` (packet, leaf, in attention, inner parents), ``values`` (flops, softmax,
+        bytes, calls) - under phase ``name`` with enclosing modules ``outer``."""
+        packet, leaf, in_attention, inner = key
+        if values[0]:
+            for par in inner | outer:
+                self.flop_counts[par][packet] += values[0]
+        row = self.rows[(name, leaf, packet, in_attention)]
+        for i, v in enumerate(values):
+            row[i] += v
 
     def _replay(self, rows: dict, out_spec, out_leaves: list, count_as_replay: bool = True):
         if count_as_replay:
@@ -676,11 +663,9 @@ class FlopCounter(FlopCounterMode):
         """Fresh meta tensors of the recorded shapes (not counted: the counter's own allocations)."""
         self._quiet = True
         try:
-            leaves = [torch.empty_strided(d.shape, d.stride, dtype=d.dtype, device=d.device)
-                      if isinstance(d, _TensorDesc) else d for d in out_leaves]
+            return _fresh(out_spec, out_leaves)
         finally:
             self._quiet = False
-        return tree_unflatten(leaves, out_spec)
 
     # -- results -----------------------------------------------------------------------------------------
     @property
@@ -720,8 +705,9 @@ _MODULE_INTERNALS = frozenset({"_parameters", "_buffers", "_modules", "_non_pers
                                "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called"})
 
 
-_PLAIN_VALUE_TYPES = frozenset({bool, int, float, str, type(None), torch.dtype, torch.device})
-_CONTAINER_TYPES = frozenset({list, tuple, dict, set})
+_HASHABLE_SCALARS = (bool, int, float, str, type(None), torch.dtype, torch.device, torch.memory_format,
+                     torch.layout)
+_PLAIN_VALUE_TYPES = frozenset(_HASHABLE_SCALARS)  # exact types: the fast path of _value_fingerprint
 
 
 def _value_fingerprint(value: Any) -> Any:
@@ -730,9 +716,9 @@ def _value_fingerprint(value: Any) -> Any:
         return value
     if isinstance(value, torch.Tensor):
         return ("tensor", id(value), tuple(value.shape), value.dtype)
-    if kind in _CONTAINER_TYPES or isinstance(value, (list, tuple, dict, set)):
+    if isinstance(value, (list, tuple, dict, set)):
         return (kind.__name__, id(value), len(value))
-    if isinstance(value, (bool, int, float, str)):  # subclasses (enums)
+    if isinstance(value, _HASHABLE_SCALARS):  # subclasses (enums)
         return value
     return (kind.__name__, id(value))
 
@@ -751,9 +737,8 @@ def state_fingerprint(module: nn.Module, submodules: list[tuple[str, nn.Module]]
     return tuple(items)
 
 
-_HASHABLE_SCALARS = (bool, int, float, str, type(None), torch.dtype, torch.device, torch.memory_format,
-                     torch.layout)
 _OP_KIND: dict[Any, str] = {}
+_POINTWISE: dict[Any, bool] = {}
 META_CACHE_LIMIT = 200_000
 LEAF, COMPOSITE, PLAIN, DECOMPOSE = "leaf", "composite", "plain", "decompose"
 
@@ -807,7 +792,10 @@ def _meta_key(func, args, kwargs) -> tuple | None:
     tensor among the arguments (a real computation: its values matter), with a real tensor (but a 0-dim one
     in a pointwise op), or with an unhashable argument. The value of a real 0-dim tensor in a pointwise op
     with meta tensors decides nothing of the output but its dtype (type promotion), which its dtype decides."""
-    found = [False, torch.Tag.pointwise in func.tags]
+    pointwise = _POINTWISE.get(func)
+    if pointwise is None:
+        pointwise = _POINTWISE[func] = torch.Tag.pointwise in func.tags
+    found = [False, pointwise]
     try:
         key = (func, _meta_value_key(args, found), tuple((k, _meta_value_key(v, found)) for k, v in kwargs.items()))
     except _NotMetaKeyable:
@@ -870,14 +858,13 @@ class _GenscopeFlopMode(_FlopCounterMode):
         """A functional composite op: its recorded parts re-filed, or decomposed (and recorded) by torch's mode."""
         counter = self.counter
         key = _meta_key(func, args, kwargs) if counter.meta_cache and not counter._quiet else None
-        if key is not None:
-            hit = self.composite_cache.get(key)
-            if hit is not None:
-                for packet, flops, softmax, nbytes in hit[2]:
-                    counter._record(packet, flops, softmax, nbytes)
-                return _fresh(hit[0], hit[1])
         if key is None:
             return super().__torch_dispatch__(func, types, args, kwargs)
+        hit = self.composite_cache.get(key)
+        if hit is not None:
+            for packet, flops, softmax, nbytes in hit[2]:
+                counter._record(packet, flops, softmax, nbytes)
+            return _fresh(hit[0], hit[1])
         recording: list = []
         reads = counter.meta_value_reads
         counter._recordings.append(recording)

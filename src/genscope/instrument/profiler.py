@@ -44,6 +44,7 @@ from torch import nn
 
 from genscope.errors import UserError, choice_error
 from genscope.instrument.opclasses import ATTENTION_RANGE, OP_CLASSES, op_class
+from genscope.instrument.patching import wrap_forward
 from genscope.models.layers.attention import AttentionCall, register_wrapper
 from genscope.models.runtime import synchronize
 from genscope.workloads.phases import PhaseTimes, current_phase, record_phases
@@ -282,20 +283,18 @@ class _FastTimers:
         Measured on the 2-core development VM (Linear(4, 4) chain, median of 15, 1 thread): forward hooks
         added 19-31 us per call, the wrapper adds 6.4 us (``benchmarks/fast_timer_overhead.py``)."""
         timers = self
-        patched: list[tuple[nn.Module, object]] = []
+        undo: list[Callable[[], None]] = []
 
-        def wrap(module: nn.Module, cls: str):
-            original = module.forward
-
-            def forward(*args, **kwargs):
-                timers.enter(cls)
-                try:
-                    return original(*args, **kwargs)
-                finally:
-                    timers.exit()
-
-            patched.append((module, module.__dict__.get("forward")))
-            module.forward = forward
+        def timed(cls: str):
+            def make(original):
+                def forward(*args, **kwargs):
+                    timers.enter(cls)
+                    try:
+                        return original(*args, **kwargs)
+                    finally:
+                        timers.exit()
+                return forward
+            return make
 
         class _AttentionRegion:
             def __enter__(self):
@@ -310,17 +309,14 @@ class _FastTimers:
                 cls = MODULE_CLASSES.get(type(module).__name__)
                 if cls is not None and id(module) not in seen:
                     seen.add(id(module))
-                    wrap(module, cls)
+                    undo.append(wrap_forward(module, timed(cls)))
         handle = register_wrapper(lambda call: _AttentionRegion())
         try:
             yield
         finally:
             handle.remove()
-            for module, had in reversed(patched):
-                if had is None:
-                    del module.forward
-                else:
-                    module.forward = had
+            for restore in reversed(undo):
+                restore()
 
 
 def _fast_once(run: Callable[[], object], components, device: torch.device, times: PhaseTimes):

@@ -1,30 +1,19 @@
 """Where the time goes: operator-class breakdown per phase, in two modes.
 
-``trace`` mode (the paper's method): ``torch.profiler`` records every op; forward hooks open a
-``record_function`` range per module (``module::<path>::<Class>``), the workload opens a range per phase
-(``phase::denoise#3``) and the attention entry point a range per call (``genscope::attention::<kind>::<path>``).
-Each op's *self* time (CPU op time on CPU; on CUDA the time of the GPU kernels it launched, linked by the
-profiler's correlation ids) is charged to:
+``trace`` mode (the paper's method): ``torch.profiler`` records every op (and on CUDA every kernel); forward
+hooks open a ``record_function`` range per module (``module::<path>::<Class>``), the workload opens a range per
+phase (``phase::denoise#3``) and the attention entry point a range per call
+(``genscope::attention::<kind>::<path>``). The events are read once into a table
+(:mod:`genscope.instrument.traces`) and attributed by the one attribution (:mod:`genscope.instrument.attribution`):
+on CPU each op's self time, on CUDA each kernel's busy time linked to the op that launched it, charged to a
+phase and an operator class (Attention inside attention calls - the Q/K/V/out projections are outside the call
+and count as Linear, as the paper's Figure 7 does: stated in every table). On CUDA, GPU idle time (the GPU
+waiting on the host) is its own class, ``Idle``; classes + Idle = the traced span. What lands in Other is
+listed by name.
 
-* a phase: the innermost ``phase::`` range around it;
-* an operator class: ``Attention`` if it runs inside an attention entry-point call (QK^T, softmax, @V, the
-  fused kernel - the Q/K/V/out projections are outside the call and are charged to Linear, as the paper's
-  Figure 7 does: stated in every table); otherwise the class of its *top-level* ATen op (the outermost
-  ``aten::`` op under the innermost non-op range), so that e.g. the ``empty``/``copy_`` inside a
-  ``group_norm`` count as GroupNorm. Time in ranges outside any op (Python between ops, on CPU) is
-  charged to Other as ``python/framework``.
-
-Self times never overlap, so the classes sum to the measured total (the sum of self times = the duration
-of the outermost ranges); what lands in Other is listed by op name.
-
-``fast`` mode: no profiler. Timers wrapped around ``forward`` time the leaf modules whose class fixes the operator class
-(Conv -> Convolution, Linear -> Linear, GroupNorm, LayerNorm/RMSNorm, activations) and a wrapper times every
-attention entry-point call; the rest of each phase's wall time is reported as Other (elementwise, memory
-and framework time not inside those modules). Device-synchronized on CUDA only; near-zero overhead, for
-sweeps.
-
-Why hand-written: torch.profiler gives events, HTA gives GPU-trace analysis; neither attributes CPU op
-time to module classes and phases with the one class table genscope uses.
+``fast`` mode: no profiler. Timers (:mod:`genscope.instrument.fast_timers`) around the leaf modules whose class
+fixes the operator class and around every attention call; the rest of each phase's wall time is Other. On CUDA
+they record CUDA events on the stream, read once at the end. Near-zero overhead, for sweeps.
 """
 
 from __future__ import annotations
@@ -33,7 +22,6 @@ import contextlib
 import json
 import statistics
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,33 +31,27 @@ import torch
 from torch import nn
 
 from genscope.errors import UserError, choice_error
-from genscope.instrument.opclasses import ATTENTION_RANGE, OP_CLASSES, op_class
-from genscope.instrument.patching import wrap_forward
+from genscope.instrument.attribution import (
+    CLASS_RANGES,
+    FRAMEWORK,
+    IDLE,
+    NO_PHASE,
+    RUN_RANGE,
+    Attribution,
+    attribute,
+)
+from genscope.instrument.fast_timers import FastTimers
+from genscope.instrument.opclasses import ATTENTION_RANGE, OP_CLASSES
+from genscope.instrument.traces import events_from_profiler
 from genscope.models.layers.attention import AttentionCall, register_wrapper
 from genscope.models.runtime import synchronize
-from genscope.workloads.phases import PhaseTimes, current_phase, record_phases
+from genscope.workloads.phases import PhaseTimes, record_phases
 
 MODES = ("trace", "fast")
-NO_PHASE = "(outside phases)"
-FRAMEWORK = "python/framework"
-RUN_RANGE = "genscope::run"
-# ranges a pass opens around an op it implements with other ops: "genscope::convolution::winograd" makes
-# the batched matmuls of a Winograd convolution count as Convolution, not Linear
-CLASS_RANGES = {cls.lower(): cls for cls in OP_CLASSES if cls != "Attention"}
+__all__ = ["ATTENTION_NOTE", "CLASS_RANGES", "FRAMEWORK", "IDLE", "MODES", "NO_PHASE", "RUN_RANGE", "Profile",
+           "export_trace", "module_ranges", "profile_callable", "profile_pipeline"]
 ATTENTION_NOTE = ("Attention = time inside attention entry-point calls (QK^T, softmax, @V or the fused "
                   "kernel); the Q/K/V/output projections are counted as Linear.")
-
-# fast mode: module class -> operator class (leaf modules only)
-MODULE_CLASSES: dict[str, str] = {
-    "Conv1d": "Convolution", "Conv2d": "Convolution", "Conv3d": "Convolution", "LoRACompatibleConv": "Convolution",
-    "ConvTranspose2d": "Convolution", "Linear": "Linear", "LoRACompatibleLinear": "Linear",
-    "GroupNorm": "GroupNorm", "LayerNorm": "LayerNorm", "RMSNorm": "LayerNorm", "T5LayerNorm": "LayerNorm",
-    "LlamaRMSNorm": "LayerNorm", "SiLU": "Activation", "GELU": "Activation", "ReLU": "Activation",
-    "Mish": "Activation", "Tanh": "Activation", "Sigmoid": "Activation", "QuickGELUActivation": "Activation",
-    "GELUActivation": "Activation", "NewGELUActivation": "Activation", "SiLUActivation": "Activation",
-    "GEGLU": "Activation", "FusedGroupNormSiLU": "GroupNorm", "FusedGroupNorm": "GroupNorm",
-    "WinogradConv2d": "Convolution", "ChannelsLastConv2d": "Convolution", "FusedGEGLU": "Activation",
-}
 
 
 @dataclass
@@ -84,6 +66,8 @@ class Profile:
     total_ms: float  # measured total per repetition (mean)
     repeat_totals_ms: list[float] = field(default_factory=list)  # wall time of each timed repetition
     note: str = ATTENTION_NOTE
+    # trace mode: the last repetition's full attribution (GPU: kernel busy time + Idle; CPU self time apart)
+    attribution: Attribution | None = None
 
     @property
     def attention_ms(self) -> float:
@@ -92,8 +76,9 @@ class Profile:
     def by_class(self) -> pd.DataFrame:
         """Total per operator class: op_class, time_ms, share_pct (all classes, zeros included)."""
         totals = self.class_time.groupby("op_class")["time_ms"].sum()
-        df = pd.DataFrame({"op_class": list(OP_CLASSES)})
-        df["time_ms"] = [float(totals.get(c, 0.0)) for c in OP_CLASSES]
+        classes = list(OP_CLASSES) + ([IDLE] if IDLE in totals.index else [])
+        df = pd.DataFrame({"op_class": classes})
+        df["time_ms"] = [float(totals.get(c, 0.0)) for c in classes]
         whole = df["time_ms"].sum()
         df["share_pct"] = 100.0 * df["time_ms"] / whole if whole > 0 else 0.0
         return df
@@ -146,68 +131,6 @@ def _attention_range(call: AttentionCall):
 # ----------------------------------------------------------------------------------------------------
 # trace mode
 # ----------------------------------------------------------------------------------------------------
-def _phase_of(label: str) -> str:
-    return label.split("::", 1)[1].split("#", 1)[0]
-
-
-def attribute_events(events, device_type: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Profiler events -> (class_time rows [phase, op_class, time_ms], other ops [op, time_ms]).
-
-    Each event's self time is charged once: to its phase and to the class of its top-level op (or
-    Attention when inside an attention entry-point call).
-    """
-    use_device = device_type == "cuda"
-    rows: dict[tuple[str, str], float] = defaultdict(float)
-    other: dict[str, float] = defaultdict(float)
-    for evt in events:
-        if getattr(evt, "device_type", None) is not None and str(evt.device_type).endswith("CUDA") and not use_device:
-            continue
-        self_us = evt.self_device_time_total if use_device else evt.self_cpu_time_total
-        if self_us <= 0:
-            continue
-        # walk up: find phase, attention call, and the top-level aten op below the innermost non-op range
-        phase_name = NO_PHASE
-        in_attention = False
-        range_class = None  # innermost "genscope::<class>::..." range (e.g. a Winograd convolution's matmuls)
-        top_op = evt.name if evt.name.startswith("aten::") else None
-        node = evt
-        crossed_range = not evt.name.startswith("aten::")
-        while node is not None:
-            name = node.name
-            if name.startswith("aten::"):
-                if not crossed_range:
-                    top_op = name
-            else:
-                crossed_range = True
-                if name.startswith(ATTENTION_RANGE):
-                    in_attention = True
-                elif range_class is None and name.startswith("genscope::"):
-                    range_class = CLASS_RANGES.get(name.split("::")[1])
-                elif name.startswith("phase::"):
-                    phase_name = _phase_of(name)
-                    break
-            node = node.cpu_parent
-        if in_attention:
-            cls = "Attention"
-        elif range_class is not None:
-            cls = range_class
-        elif top_op is not None:
-            cls = op_class(top_op)
-        elif evt.name.startswith(("module::", "phase::", ATTENTION_RANGE)):
-            cls = "Other"
-            top_op = FRAMEWORK
-        else:
-            cls = op_class(evt.name)
-            top_op = evt.name
-        ms = self_us / 1e3
-        rows[(phase_name, cls)] += ms
-        if cls == "Other":
-            other[top_op or evt.name] += ms
-    class_time = pd.DataFrame([(p, c, t) for (p, c), t in rows.items()], columns=["phase", "op_class", "time_ms"])
-    other_ops = pd.DataFrame(sorted(other.items(), key=lambda kv: -kv[1]), columns=["op", "time_ms"])
-    return class_time, other_ops
-
-
 def _trace_once(run: Callable[[], object], components, device: torch.device, trace_path: Path | None):
     from torch.profiler import ProfilerActivity, profile
 
@@ -224,8 +147,7 @@ def _trace_once(run: Callable[[], object], components, device: torch.device, tra
         wall_ms = (time.perf_counter() - start) * 1e3
     if trace_path is not None:
         export_trace(prof, trace_path)
-    class_time, other = attribute_events(prof.events(), device.type)
-    return class_time, other, wall_ms
+    return attribute(events_from_profiler(prof)), wall_ms
 
 
 def export_trace(prof, path: Path) -> None:
@@ -237,97 +159,15 @@ def export_trace(prof, path: Path) -> None:
     Path(path).write_text(json.dumps(trace))
 
 
-# ----------------------------------------------------------------------------------------------------
-# fast mode
-# ----------------------------------------------------------------------------------------------------
-class _FastTimers:
-    """Leaf-module and attention-call timers. Timed regions do not nest: a region opened inside a timed one
-    (an attention call inside a timed leaf) is not timed again. Kept lean - plain functions, no context
-    manager objects, no synchronization on the CPU - since they run twice per leaf module call."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.sync = device.type != "cpu"
-        self.times: dict[tuple[str, str], float] = defaultdict(float)
-        self.open: list[tuple[str, float] | None] = []  # (class, start) of the timed region; None: nested
-        self.timing = False
-
-    def enter(self, cls: str) -> None:
-        if self.timing:
-            self.open.append(None)
-            return
-        self.timing = True
-        if self.sync:
-            synchronize(self.device)
-        self.open.append((cls, time.perf_counter()))
-
-    def exit(self) -> None:
-        if not self.open:
-            return
-        entry = self.open.pop()
-        if entry is None:
-            return
-        if self.sync:
-            synchronize(self.device)
-        end = time.perf_counter()
-        info = current_phase()
-        self.times[(info.name if info is not None else NO_PHASE, entry[0])] += (end - entry[1]) * 1e3
-        self.timing = False
-
-    @contextlib.contextmanager
-    def install(self, components) -> Iterator[None]:
-        """Time every leaf module of a class in :data:`MODULE_CLASSES` and every attention call.
-
-        The leaf modules' ``forward`` is wrapped on the instance (restored on exit) rather than hooked:
-        a module with hooks takes ``nn.Module``'s slow call path, which alone costs more than the timing.
-        Measured on the 2-core development VM (Linear(4, 4) chain, median of 15, 1 thread): forward hooks
-        added 19-31 us per call, the wrapper adds 6.4 us (``benchmarks/fast_timer_overhead.py``)."""
-        timers = self
-        undo: list[Callable[[], None]] = []
-
-        def timed(cls: str):
-            def make(original):
-                def forward(*args, **kwargs):
-                    timers.enter(cls)
-                    try:
-                        return original(*args, **kwargs)
-                    finally:
-                        timers.exit()
-                return forward
-            return make
-
-        class _AttentionRegion:
-            def __enter__(self):
-                timers.enter("Attention")
-
-            def __exit__(self, *exc):
-                timers.exit()
-
-        seen: set[int] = set()
-        for _, root in components:
-            for module in root.modules():
-                cls = MODULE_CLASSES.get(type(module).__name__)
-                if cls is not None and id(module) not in seen:
-                    seen.add(id(module))
-                    undo.append(wrap_forward(module, timed(cls)))
-        handle = register_wrapper(lambda call: _AttentionRegion())
-        try:
-            yield
-        finally:
-            handle.remove()
-            for restore in reversed(undo):
-                restore()
-
-
 def _fast_once(run: Callable[[], object], components, device: torch.device, times: PhaseTimes):
-    timers = _FastTimers(device)
+    timers = FastTimers(device)
     with timers.install(components):
         synchronize(device)
         start = time.perf_counter()
         run()
         synchronize(device)
         wall_ms = (time.perf_counter() - start) * 1e3
-    rows = dict(timers.times)
+    rows = timers.read_ms()
     # the rest of each phase's wall time: elementwise, memory and framework time outside the timed modules
     # each phase's wall time (recorded by this very run) sizes its Other
     phases = times.totals_ms() or {NO_PHASE: wall_ms}
@@ -374,11 +214,12 @@ def profile_callable(fn: Callable[[], object], *, components: Iterable[tuple[str
         for _ in range(warmup):
             fn()
         frames, others, walls, phase_frames = [], [], [], []
+        attribution = None
         for i in range(repeat):
             with record_phases(device) as times:
                 if mode == "trace":
-                    class_time, other, wall = _trace_once(fn, components, device,
-                                                          trace_path if i == repeat - 1 else None)
+                    attribution, wall = _trace_once(fn, components, device, trace_path if i == repeat - 1 else None)
+                    class_time, other = attribution.class_time, attribution.other_ops
                 else:
                     class_time, other, wall = _fast_once(fn, components, device, times)
             frames.append(class_time)
@@ -396,7 +237,7 @@ def profile_callable(fn: Callable[[], object], *, components: Iterable[tuple[str
         calls=("calls", "first"), time_ms=("time_ms", "mean"))
     total = float(class_time["time_ms"].sum())
     return Profile(mode=mode, device=str(device), class_time=class_time, phase_time=phase_time,
-                   other_ops=other_ops, total_ms=total, repeat_totals_ms=walls)
+                   other_ops=other_ops, total_ms=total, repeat_totals_ms=walls, attribution=attribution)
 
 
 def profile_pipeline(pipeline, request, *, mode: str = "trace", repeat: int = 1, warmup: int = 1,

@@ -171,6 +171,8 @@ def test_synthetic_trace_gives_the_table_worked_out_by_hand():
     assert got == expected
     assert result.busy_ms == pytest.approx(0.5) and result.span_ms == pytest.approx(1.0)
     assert result.idle_ms == pytest.approx(0.5)
+    attention = result.attention_time.set_index(["phase", "attention_kind"])["time_ms"].mul(1e3).round(6)
+    assert attention.to_dict() == {("denoise", "self"): 75.0}  # the kind comes from the call's range name
     # CPU time is its own table: the conv op's self time (90 us minus its 5 us launch) is CPU Convolution
     cpu = result.cpu_class_time.set_index(["phase", "op_class"])["time_ms"].mul(1e3).round(6)
     assert cpu[("denoise", "Convolution")] == pytest.approx(90.0)  # op 85 + launch call 5, both in Conv2d

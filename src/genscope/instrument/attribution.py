@@ -58,6 +58,7 @@ class Attribution:
     module_time: pd.DataFrame  # module, op_class, time_ms
     other_ops: pd.DataFrame  # op, time_ms (what landed in Other)
     kernels: pd.DataFrame  # kernel, op_class, calls, time_ms (GPU only; empty on CPU)
+    attention_time: pd.DataFrame  # phase, attention_kind, time_ms (the Attention class split by call kind)
     span_ms: float
     busy_ms: float  # GPU busy (union of kernel intervals) or CPU self-time total
     idle_ms: float = 0.0
@@ -88,7 +89,7 @@ def cpu_context(cpu: pd.DataFrame) -> pd.DataFrame:
     ends = starts + cpu["dur_us"].to_numpy()
     self_us = cpu["dur_us"].to_numpy().copy()
     phase = [NO_PHASE] * n
-    attention = [False] * n
+    attention: list[str | None] = [None] * n  # the innermost attention call's kind (self, cross, temporal...)
     range_class: list[str | None] = [None] * n
     module: list[str | None] = [None] * n
     top_op: list[str | None] = [None] * n
@@ -117,7 +118,8 @@ def cpu_context(cpu: pd.DataFrame) -> pd.DataFrame:
             if name.startswith("phase::"):
                 phase[i] = _phase_of(name)
             elif name.startswith(ATTENTION_RANGE):
-                attention[i] = True
+                parts = name.split("::")
+                attention[i] = parts[2] if len(parts) > 2 else "attention"
             elif name.startswith("module::"):
                 module[i] = name[len("module::"):]
             elif name.startswith("genscope::"):
@@ -126,7 +128,7 @@ def cpu_context(cpu: pd.DataFrame) -> pd.DataFrame:
                     range_class[i] = cls
         stack.append(i)
     out = cpu.copy()
-    out["phase"], out["attention"], out["range_class"] = phase, attention, range_class
+    out["phase"], out["attention_kind"], out["range_class"] = phase, attention, range_class
     out["module"], out["top_op"], out["self_us"] = module, top_op, np.maximum(self_us, 0.0)
     return out
 
@@ -142,7 +144,7 @@ def classify(ctx: pd.DataFrame) -> pd.DataFrame:
     own_class = ctx["name"].map(op_class)
     module_class = _module_class(ctx["module"].fillna(""))
     is_range = ctx["cat"] == "user_annotation"
-    cls = np.where(ctx["attention"], "Attention",
+    cls = np.where(ctx["attention_kind"].notna(), "Attention",
                    np.where(ctx["range_class"].notna(), ctx["range_class"],
                             np.where(is_range, "Other",
                                      np.where(module_class.notna(), module_class,
@@ -184,7 +186,7 @@ def _gpu_rows(events: pd.DataFrame, ctx: pd.DataFrame, window: tuple[float, floa
     gpu["e"] = (gpu["start_us"] + gpu["dur_us"]).clip(lo, hi)
     gpu = gpu[gpu["e"] > gpu["s"]]
     gpu["busy_us"] = busy_share_us(gpu["s"].to_numpy(), gpu["e"].to_numpy())
-    cols = ["phase", "module", "op_class", "other_name"]
+    cols = ["phase", "module", "attention_kind", "op_class", "other_name"]
     by_ext = ctx[(ctx["cat"] == "cpu_op") | (ctx["cat"] == "user_annotation")].drop_duplicates("ext_id")
     by_ext = by_ext[by_ext["ext_id"] >= 0].set_index("ext_id")[cols]
     linked = gpu.join(by_ext, on="ext_id")
@@ -219,7 +221,8 @@ def attribute(events: pd.DataFrame) -> Attribution:
         return Attribution("cpu", cpu_class_time, cpu_class_time,
                            _sum_by(ctx.assign(module=ctx["module"].fillna("(no module)")), ["module", "op_class"]),
                            _sorted(_sum_by(other, ["op"])), pd.DataFrame(columns=["kernel", "op_class", "calls", "time_ms"]),
-                           span_ms=(hi - lo) / 1e3, busy_ms=float(ctx["time_ms"].sum()), counts=counts)
+                           _attention_time(ctx), span_ms=(hi - lo) / 1e3, busy_ms=float(ctx["time_ms"].sum()),
+                           counts=counts)
     gpu = _gpu_rows(events, ctx, (lo, hi))
     gpu["time_ms"] = gpu["busy_us"] / 1e3
     busy_s, busy_e = interval_union(gpu["s"].to_numpy(), gpu["e"].to_numpy())
@@ -234,8 +237,13 @@ def attribute(events: pd.DataFrame) -> Attribution:
     counts.update(gpu_events=len(gpu), gpu_linked=int(gpu["linked"].sum()))
     return Attribution("gpu", class_time, cpu_class_time,
                        _sum_by(gpu.assign(module=gpu["module"].fillna("(no module)")), ["module", "op_class"]),
-                       _sorted(_sum_by(other, ["op"])), _sorted(kernels), span_ms=span_ms, busy_ms=busy_ms,
-                       idle_ms=span_ms - busy_ms, counts=counts)
+                       _sorted(_sum_by(other, ["op"])), _sorted(kernels), _attention_time(gpu), span_ms=span_ms,
+                       busy_ms=busy_ms, idle_ms=span_ms - busy_ms, counts=counts)
+
+
+def _attention_time(rows: pd.DataFrame) -> pd.DataFrame:
+    inside = rows[rows["attention_kind"].notna()]
+    return _sum_by(inside, ["phase", "attention_kind"])
 
 
 def _sorted(df: pd.DataFrame) -> pd.DataFrame:

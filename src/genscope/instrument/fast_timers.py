@@ -16,7 +16,7 @@ adds 6.4 us (``benchmarks/fast_timer_overhead.py``).
 from __future__ import annotations
 
 import contextlib
-import time
+from time import perf_counter
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 
@@ -36,64 +36,90 @@ class FastTimers:
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.times: dict[tuple[str, str], float] = defaultdict(float)
-        self.pending: list[tuple[str, str, object, object]] = []  # CUDA: (phase, class, start, end) events
-        self.open: list[tuple[str, object] | None] = []  # (class, start) of the timed region; None: nested
-        self.timing = False
+        self.pending: list[tuple[tuple[str, str], object, object]] = []  # CUDA: ((phase, class), start, end)
+        self.depth = 0  # timed regions open; only the outermost is timed
+        self.start: object = 0.0
+        self.cls = ""
 
     def _now(self):
         if self.cuda:
             event = torch.cuda.Event(enable_timing=True)
             event.record()
             return event
-        return time.perf_counter()
+        return perf_counter()
 
     def enter(self, cls: str) -> None:
-        if self.timing:
-            self.open.append(None)
-            return
-        self.timing = True
-        self.open.append((cls, self._now()))
+        self.depth += 1
+        if self.depth == 1:
+            self.cls = cls
+            self.start = self._now()
 
     def exit(self) -> None:
-        if not self.open:
+        if self.depth == 0:
             return
-        entry = self.open.pop()
-        if entry is None:
+        self.depth -= 1
+        if self.depth:
             return
         end = self._now()
         info = current_phase()
-        key = (info.name if info is not None else NO_PHASE, entry[0])
+        key = (info.name if info is not None else NO_PHASE, self.cls)
         if self.cuda:
-            self.pending.append((*key, entry[1], end))
+            self.pending.append((key, self.start, end))
         else:
-            self.times[key] += (end - entry[1]) * 1e3
-        self.timing = False
+            self.times[key] += (end - self.start) * 1e3
 
     def read_ms(self) -> dict[tuple[str, str], float]:
         """(phase, class) -> milliseconds; on CUDA one synchronize, then every event pair is read."""
         if self.pending:
             torch.cuda.synchronize(self.device)
-            for phase_name, cls, start, end in self.pending:
-                self.times[(phase_name, cls)] += start.elapsed_time(end)
+            for key, start, end in self.pending:
+                self.times[key] += start.elapsed_time(end)
             self.pending.clear()
         return dict(self.times)
+
+    def _timed_cpu(self, cls: str):
+        """The CPU wrapper, inlined (no method calls on the hot path): the outermost region reads the clock."""
+        timers = self
+
+        def make(original):
+            def forward(*args, **kwargs):
+                if timers.depth:
+                    timers.depth += 1
+                    try:
+                        return original(*args, **kwargs)
+                    finally:
+                        timers.depth -= 1
+                timers.depth = 1
+                start = perf_counter()
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    elapsed = perf_counter() - start
+                    timers.depth = 0
+                    info = current_phase()
+                    timers.times[(info.name if info is not None else NO_PHASE, cls)] += elapsed * 1e3
+            return forward
+        return make
+
+    def _timed_cuda(self, cls: str):
+        timers = self
+
+        def make(original):
+            def forward(*args, **kwargs):
+                timers.enter(cls)
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    timers.exit()
+            return forward
+        return make
 
     @contextlib.contextmanager
     def install(self, components) -> Iterator[None]:
         """Time every leaf module of a class in :data:`MODULE_CLASSES` and every attention call."""
         timers = self
         undo: list[Callable[[], None]] = []
-
-        def timed(cls: str):
-            def make(original):
-                def forward(*args, **kwargs):
-                    timers.enter(cls)
-                    try:
-                        return original(*args, **kwargs)
-                    finally:
-                        timers.exit()
-                return forward
-            return make
+        timed = self._timed_cuda if self.cuda else self._timed_cpu
 
         class _AttentionRegion:
             def __enter__(self):

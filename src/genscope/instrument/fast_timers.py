@@ -16,9 +16,9 @@ adds 6.4 us (``benchmarks/fast_timer_overhead.py``).
 from __future__ import annotations
 
 import contextlib
-from time import perf_counter
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from time import perf_counter
 
 import torch
 

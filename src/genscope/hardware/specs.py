@@ -121,3 +121,68 @@ def get_spec(name: str) -> DeviceSpec:
 
 def spec_names() -> list[str]:
     return list(SPECS)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Interconnects of multi-GPU training (the paper's Figure 6: FSDP over nodes of 8 A100s)
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class InterconnectSpec:
+    """A cluster's links as a ring collective sees them, with their sources.
+
+    ``intra_node_bus_bytes_per_s``: the bus bandwidth of a ring among the GPUs of one node (NVLink/NVSwitch);
+    ``inter_node_bus_bytes_per_s``: the bus bandwidth of a ring that spans nodes - the node's network bandwidth
+    (all its NICs; NCCL runs one ring channel per NIC, each carrying its share of the data), capped by the
+    intra-node figure. Latencies per ring step, and the fixed latency per collective, are NCCL's own model
+    of its ring/Simple protocol.
+    """
+
+    name: str
+    description: str
+    gpu: str  # the DeviceSpec name of its GPUs
+    gpus_per_node: int
+    intra_node_bus_bytes_per_s: float
+    inter_node_bus_bytes_per_s: float
+    base_latency_s: float
+    intra_step_latency_s: float
+    inter_step_latency_s: float
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+NVLINK3_PER_GPU_BYTES_PER_S = 600e9  # both directions together; 300e9 each way
+HDR_IB_PORT_BYTES_PER_S = 200e9 / 8  # 200 Gb/s per port -> 25 GB/s per direction
+NCCL_SOURCE = ("NCCL src/graph/tuning.cc (github.com/NVIDIA/nccl, commit 01afd20a): ring/Simple baseLat 8.4 us, "
+               "hwLat NVLink ring/Simple 3.4 us and NET ring/Simple 9.6 us per step; busBw capped at 235 GB/s on "
+               "compute capability 8.0 (A100)")
+
+DGX_A100_HDR = InterconnectSpec(
+    name="dgx-a100-hdr",
+    description="DGX A100 nodes (8x A100 80GB SXM, NVSwitch) on 8x 200 Gb/s HDR InfiniBand per node",
+    gpu="A100-80GB",
+    gpus_per_node=8,
+    # NVLink3: 600 GB/s per GPU (300 GB/s each way); NCCL models an A100 ring at no more than 235 GB/s
+    intra_node_bus_bytes_per_s=min(NVLINK3_PER_GPU_BYTES_PER_S / 2, 235e9),
+    inter_node_bus_bytes_per_s=min(8 * HDR_IB_PORT_BYTES_PER_S, 235e9),
+    base_latency_s=8.4e-6,
+    intra_step_latency_s=3.4e-6,
+    inter_step_latency_s=9.6e-6,
+    sources={
+        "gpus_per_node": "the paper (Golden et al., Sec. III Hardware Systems): each node consists of 8 A100 GPUs",
+        "nvlink": "A100 datasheet (nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf), A100 80GB SXM: NVLink "
+                  "600 GB/s (third-generation NVLink, both directions)",
+        "infiniband": "NVIDIA DGX A100 datasheet / user guide: 8x single-port ConnectX-6 VPI 200 Gb/s HDR "
+                      "InfiniBand for the compute fabric; Meta's Research SuperCluster (A100 DGX nodes, the "
+                      "paper's authors' company): 'NVIDIA Quantum 1600 Gb/s InfiniBand' per node (RSC blog, 2022)",
+        "hdr_port": "InfiniBand HDR: 200 Gb/s per 4x port (InfiniBand Trade Association roadmap)",
+        "latency": NCCL_SOURCE,
+        "bus_cap": NCCL_SOURCE,
+    },
+)
+
+INTERCONNECTS: dict[str, InterconnectSpec] = {s.name: s for s in (DGX_A100_HDR,)}
+
+
+def get_interconnect(name: str) -> InterconnectSpec:
+    if name not in INTERCONNECTS:
+        raise choice_error("interconnect", name, list(INTERCONNECTS))
+    return INTERCONNECTS[name]

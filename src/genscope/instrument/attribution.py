@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from genscope.instrument.intervals import busy_share_us, overlap_us, union
 from genscope.instrument.opclasses import (
     ATTENTION_RANGE,
     MODULE_CLASSES,
@@ -38,7 +39,6 @@ from genscope.instrument.opclasses import (
     kernel_class,
     op_class,
 )
-from genscope.instrument.traces import interval_union, overlap_us
 
 NO_PHASE = "(outside phases)"
 FRAMEWORK = "python/framework"
@@ -161,18 +161,6 @@ def _span(events: pd.DataFrame) -> tuple[float, float]:
     return float(frame["start_us"].min()), float((frame["start_us"] + frame["dur_us"]).max())
 
 
-def busy_share_us(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Each interval's share of the union: elementary intervals shared equally by the intervals covering them."""
-    if len(starts) == 0:
-        return np.zeros(0)
-    bounds = np.unique(np.concatenate([starts, ends]))
-    active = (np.searchsorted(np.sort(starts), bounds[:-1], side="right")
-              - np.searchsorted(np.sort(ends), bounds[:-1], side="right"))
-    weight = np.where(active > 0, np.diff(bounds) / np.maximum(active, 1), 0.0)
-    cumulative = np.concatenate([[0.0], np.cumsum(weight)])
-    return cumulative[np.searchsorted(bounds, ends)] - cumulative[np.searchsorted(bounds, starts)]
-
-
 def _sum_by(df: pd.DataFrame, keys: list[str], value: str = "time_ms") -> pd.DataFrame:
     if df.empty:
         return pd.DataFrame(columns=[*keys, value])
@@ -225,7 +213,7 @@ def attribute(events: pd.DataFrame) -> Attribution:
                            counts=counts)
     gpu = _gpu_rows(events, ctx, (lo, hi))
     gpu["time_ms"] = gpu["busy_us"] / 1e3
-    busy_s, busy_e = interval_union(gpu["s"].to_numpy(), gpu["e"].to_numpy())
+    busy_s, busy_e = union(gpu["s"].to_numpy(), gpu["e"].to_numpy())
     busy_ms = float((busy_e - busy_s).sum() / 1e3)
     span_ms = (hi - lo) / 1e3
     idle_rows = _idle_by_phase(ctx, busy_s, busy_e, span_ms - busy_ms)

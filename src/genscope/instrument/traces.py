@@ -28,7 +28,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from genscope.errors import UserError
@@ -159,33 +158,3 @@ def read_trace_file(path: str | Path) -> dict[str, Any]:
 
 def load_events(path: str | Path) -> pd.DataFrame:
     return events_from_chrome(read_trace_file(path))
-
-
-def interval_union(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Merge possibly overlapping intervals into disjoint sorted ones (vectorized)."""
-    if len(starts) == 0:
-        return np.empty(0), np.empty(0)
-    order = np.argsort(starts, kind="stable")
-    s, e = starts[order], ends[order]
-    running_end = np.maximum.accumulate(e)
-    new = np.empty(len(s), dtype=bool)
-    new[0] = True
-    new[1:] = s[1:] > running_end[:-1]
-    return s[new], np.maximum.reduceat(e, np.flatnonzero(new))
-
-
-def overlap_us(a_starts: np.ndarray, a_ends: np.ndarray, b_starts: np.ndarray, b_ends: np.ndarray) -> np.ndarray:
-    """For each interval of A, its overlap with the union of the (disjoint, sorted) intervals B, in us."""
-    if len(b_starts) == 0 or len(a_starts) == 0:
-        return np.zeros(len(a_starts))
-    # cumulative covered length of B up to time t: piecewise linear, evaluated at A's ends
-    covered_before = np.concatenate([[0.0], np.cumsum(b_ends - b_starts)])
-
-    def covered(t: np.ndarray) -> np.ndarray:
-        i = np.searchsorted(b_starts, t, side="right")  # intervals starting at or before t
-        inside = np.clip(t - b_starts[np.maximum(i - 1, 0)], 0, None)
-        full = covered_before[np.maximum(i - 1, 0)]
-        last_len = np.minimum(inside, (b_ends - b_starts)[np.maximum(i - 1, 0)])
-        return np.where(i > 0, full + last_len, 0.0)
-
-    return covered(a_ends) - covered(a_starts)

@@ -131,3 +131,66 @@ def test_transformers_t5_position_bias_matches_eager():
                 out = ours(ids, attention_mask=mask).last_hidden_state
             assert torch.allclose(out[0], ref[0], atol=1e-5, rtol=1e-4)
             assert torch.allclose(out[1, :6], ref[1, :6], atol=1e-5, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Masks fused kernels accept, and the kernel each call records (issue 12, item 5)
+# ----------------------------------------------------------------------------------------------------
+def _permuted_bias(heads=3, lq=17, lk=23, seed=2):
+    """An additive bias laid out as T5's position bias: [lq, lk, heads] permuted to [1, heads, lq, lk]."""
+    values = torch.randn(lq, lk, heads, generator=torch.Generator().manual_seed(seed))
+    return values.permute(2, 0, 1).unsqueeze(0)  # last-dim stride = heads
+
+
+def test_fused_kernels_get_masks_with_unit_last_stride():
+    from genscope.models.layers.attention_backends import fused_kernel, fused_mask
+
+    q, k, v = _qkv()
+    bias = _permuted_bias()
+    assert bias.stride(-1) == 3  # as built: a fused kernel would refuse it
+    assert fused_kernel(q, k, v, bias, False) == "math"
+    prepared = fused_mask(bias, q)
+    assert prepared.stride(-1) == 1 and torch.equal(prepared, bias)
+    assert fused_kernel(q, k, v, prepared, False) == "flash"
+    # a broadcast padding mask [B, 1, 1, Lk] is not expanded to [B, heads, Lq, Lk]
+    pad = torch.ones(2, 1, 1, 23, dtype=torch.bool)
+    assert fused_mask(pad, q).shape == (2, 1, 1, 23)
+
+
+@pytest.mark.parametrize("backend, kernel", [("baseline", "materialized"), ("flash", "flash"),
+                                             ("partial_softmax", "blocked")])
+def test_each_call_records_the_kernel_that_ran_and_matches_reference(backend, kernel):
+    q, k, v = _qkv()
+    bias = _permuted_bias()
+    calls = []
+    with register_call_hook(calls.append):
+        out = attention(q, k, v, attn_mask=bias, backend=backend)
+        attention(q, k, v, kind="causal", is_causal=True, backend=backend)
+    assert [c.kernel for c in calls] == [kernel, kernel]
+    assert calls[1].is_causal and not calls[1].has_mask  # causal without a materialized mask
+    assert torch.allclose(out, _reference(q, k, v, mask=bias), atol=1e-5, rtol=1e-4)
+
+
+def test_flash_on_a_strided_mask_does_not_fall_back_to_math(recwarn):
+    q, k, v = _qkv()
+    from torch.profiler import profile
+
+    with profile() as prof:
+        flash_attention(q, k, v, attn_mask=_permuted_bias())
+    names = {e.name for e in prof.events()}
+    assert not any("math" in n for n in names), names  # aten::_scaled_dot_product_attention_math
+    assert any("flash_attention" in n for n in names), names
+    assert not [w for w in recwarn if "no fused attention kernel" in str(w.message)]
+
+
+def test_transformers_causal_prefill_reaches_entry_point_without_a_mask():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+    model = LlamaForCausalLM._from_config(cfg, attn_implementation="eager").eval()
+    install_attention(model, prefix="llm")
+    calls = []
+    with torch.inference_mode(), register_call_hook(calls.append):
+        model(torch.randint(0, 101, (1, 9)))
+    assert len(calls) == 1 and calls[0].is_causal and not calls[0].has_mask and calls[0].kernel == "flash"

@@ -34,11 +34,25 @@ ALLOWED_CLASSES: dict[str, tuple[str, str, str | None]] = {
     "T5EncoderModel": ("transformers", "transformers", "T5Config"),
     "LlamaForCausalLM": ("transformers", "transformers", "LlamaConfig"),
     "GPT2LMHeadModel": ("transformers", "transformers", "GPT2Config"),
+    # diffusion transformers and their encoders/VAEs (the "after the paper" workloads: flux, sd3, wan, ...)
+    "FluxTransformer2DModel": ("diffusers", "diffusers", None),
+    "SD3Transformer2DModel": ("diffusers", "diffusers", None),
+    "WanTransformer3DModel": ("diffusers", "diffusers", None),
+    "CogVideoXTransformer3DModel": ("diffusers", "diffusers", None),
+    "HunyuanVideoTransformer3DModel": ("diffusers", "diffusers", None),
+    "AutoencoderKLWan": ("diffusers", "diffusers", None),
+    "AutoencoderKLCogVideoX": ("diffusers", "diffusers", None),
+    "AutoencoderKLHunyuanVideo": ("diffusers", "diffusers", None),
+    "UMT5EncoderModel": ("transformers", "transformers", "UMT5Config"),
+    "LlamaModel": ("transformers", "transformers", "LlamaConfig"),
     # genscope's own (diffusers ModelMixin/ConfigMixin) modules, where no library model fits
     "MaskGITTransformer": ("genscope", "genscope.models.layers.maskgit", None),
     "CViViTDecoder": ("genscope", "genscope.models.phenaki", None),
     "ViTVQGANDecoder": ("genscope", "genscope.models.parti", None),
 }
+
+# diffusers classes whose constructors concatenate config lists (``[1] + dim_mult``): tuples thawed to lists
+LIST_CONFIG_CLASSES = frozenset({"AutoencoderKLWan"})
 
 
 def _freeze(value: Any) -> Any:
@@ -75,7 +89,8 @@ class ModuleSpec:
 
     def kwargs(self) -> dict[str, Any]:
         """The config as keyword arguments (tuples back to lists where a library expects lists)."""
-        return {k: _thaw(v, as_list=self.library == "transformers") for k, v in self.params}
+        as_list = self.library == "transformers" or self.class_name in LIST_CONFIG_CLASSES
+        return {k: _thaw(v, as_list=as_list) for k, v in self.params}
 
     def __getitem__(self, key: str) -> Any:
         for k, v in self.params:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import torch
 
+from genscope.models.layers.attention_backends import additive_mask, flatten_heads, register_backend
 from genscope.models.layers.triton_support import triton_available
 
 # Target bytes of one block of A on CPU. Measured on [2, 8, 4096, 40] float32 (SD's 64x64 self-attention), one
@@ -69,14 +70,12 @@ def partial_softmax_attention(
     ``block_rows``: query rows per block on CPU (default: about :data:`CPU_BLOCK_BYTES` of A per block;
     ``block_rows >= N`` is the paper's unblocked form). Returns [B, H, N, d_v].
     """
-    from genscope.models.layers.attention import _additive_mask, flatten_heads
-
     if query.device.type == "meta":
         return torch.empty(*query.shape[:-1], value.shape[-1], dtype=query.dtype, device="meta")
     batch, heads, query_len, head_dim = query.shape
     key_len = key.shape[-2]
     scale = head_dim**-0.5 if scale is None else scale
-    mask = _additive_mask(attn_mask, is_causal, query_len, key_len, query.dtype, query.device)
+    mask = additive_mask(attn_mask, is_causal, query_len, key_len, query.dtype, query.device)
     if mask is not None and mask.dim() < 4:
         mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
     if query.device.type == "cuda" and triton_available(query.device) and block_rows is None:
@@ -111,3 +110,14 @@ def softmax_row_stats(scores: torch.Tensor) -> torch.Tensor:
     row_max = s.amax(dim=-1, keepdim=True)
     row_sum = (s - row_max).exp().sum(dim=-1, keepdim=True)
     return torch.cat([row_max, row_sum], dim=-1)
+
+
+def _kernel(query, key, value, attn_mask, is_causal) -> str:
+    """``triton`` (CUDA with Triton), ``blocked`` (the CPU torch form) or ``meta``."""
+    if query.device.type == "meta":
+        return "meta"
+    return "triton" if query.device.type == "cuda" and triton_available(query.device) else "blocked"
+
+
+register_backend("partial_softmax", partial_softmax_attention, _kernel,
+                 "Chen et al. 2023: row max/sum reduction, normalization fused into the matmul with V")

@@ -123,7 +123,6 @@ def test_table_one_rows_for_stable_diffusion():
 
 
 def test_report_sections_render_from_stored_runs(tmp_path):
-    from genscope.commands.analysis import flops_settings
     from genscope.report.analysis import flops_section, roofline_section, taxonomy_section
     from genscope.results.store import ResultsStore, RunRecord
     from genscope.studies.flops import count_workload
@@ -132,7 +131,7 @@ def test_report_sections_render_from_stored_runs(tmp_path):
     store = ResultsStore(tmp_path / "r.db")
     assert flops_section(store) == [] and roofline_section(store) == [] and taxonomy_section(store) == []
     count = count_workload("stable-diffusion", "tiny", dtype="float16")
-    store.save_run(RunRecord("flops", "stable-diffusion", "tiny", flops_settings(count), "meta", "float16",
+    store.save_run(RunRecord("flops", "stable-diffusion", "tiny", count.settings, "meta", "float16",
                              count.tables))
     roof = run_roofline(["stable-diffusion"], preset="tiny", measured=False,
                         flops_results={"stable-diffusion": count})

@@ -11,8 +11,11 @@ import torch
 from genscope.cli import main
 from genscope.instrument.flops import FlopCounter
 from genscope.models.layers.attention import register_call_hook, use_backend
+from genscope.models.layers.temporal_attention import VideoAttentionLayer
 from genscope.passes import temporal as strided_pass
-from genscope.studies import temporal as study
+from genscope.studies import temporal_split, temporal_sweep
+from genscope.studies.temporal import SWEEP_WORKLOAD
+from genscope.studies.temporal_model import LayerShape, layer_model
 from genscope.workloads import registry
 
 
@@ -25,7 +28,7 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _count(layer: study.VideoAttentionLayer, x: torch.Tensor, frames: int, variant: str, backend: str):
+def _count(layer: VideoAttentionLayer, x: torch.Tensor, frames: int, variant: str, backend: str):
     with torch.inference_mode(), use_backend(backend), FlopCounter({"layer": layer}) as counter:
         layer(x, frames, variant)
     return counter.table()
@@ -37,12 +40,12 @@ def _count(layer: study.VideoAttentionLayer, x: torch.Tensor, frames: int, varia
 def test_flop_model_equals_the_counter(frames, height, width, kind, variant):
     channels, heads, batch = 16, 2, 2
     torch.manual_seed(0)
-    layer = study.VideoAttentionLayer(kind, channels, heads)
+    layer = VideoAttentionLayer(kind, channels, heads)
     x = torch.randn(batch * frames, channels, height, width)
-    shape = study.LayerShape(kind, batch, frames, height, width, channels, heads)
+    shape = LayerShape(kind, batch, frames, height, width, channels, heads)
     for backend in ("baseline", "flash"):
         rows = _count(layer, x, frames, variant, backend)
-        model = study.layer_model(shape, backend, variant)
+        model = layer_model(shape, backend, variant)
         attention = rows[rows["op_class"] == "Attention"]
         assert int(rows["flops"].sum()) == model["layer_flops"]
         assert int(attention["flops"].sum()) == model["core_flops"]
@@ -55,14 +58,14 @@ def test_flop_model_at_modelscope_width_on_meta():
     """320 channels, 5 heads of 64 (the ModelScope UNet3D's first level), counted on the meta device."""
     frames, side = 16, 32
     for kind in ("spatial", "temporal"):
-        layer = study.VideoAttentionLayer(kind).to("meta")
+        layer = VideoAttentionLayer(kind).to("meta")
         x = torch.empty(frames, 320, side, side, device="meta")
         rows = _count(layer, x, frames, "standard", "flash")
-        model = study.layer_model(study.LayerShape(kind, 1, frames, side, side, 320, 5))
+        model = layer_model(LayerShape(kind, 1, frames, side, side, 320, 5))
         assert int(rows.loc[rows["op_class"] == "Attention", "flops"].sum()) == model["core_flops"]
         assert int(rows["flops"].sum()) == model["layer_flops"]
-    t = study.layer_model(study.LayerShape("temporal", 1, frames, side, side, 320, 5))
-    s = study.layer_model(study.LayerShape("spatial", 1, frames, side, side, 320, 5))
+    t = layer_model(LayerShape("temporal", 1, frames, side, side, 320, 5))
+    s = layer_model(LayerShape("spatial", 1, frames, side, side, 320, 5))
     assert s["core_flops"] / t["core_flops"] == side * side / frames  # ratio H*W / F
     assert t["core_ai"] == frames / 4 and s["core_ai"] == side * side / 4  # L / s for the fused kernel, fp32
 
@@ -70,7 +73,7 @@ def test_flop_model_at_modelscope_width_on_meta():
 @pytest.mark.parametrize("batch,frames,side", [(1, 4, 4), (2, 8, 3), (2, 3, 5)])
 def test_strided_temporal_attention_equals_the_standard_one(batch, frames, side):
     torch.manual_seed(1)
-    layer = study.VideoAttentionLayer("temporal", 32, 4)
+    layer = VideoAttentionLayer("temporal", 32, 4)
     x = torch.randn(batch * frames, 32, side, side)
     calls = []
     with torch.inference_mode(), register_call_hook(lambda c: calls.append((c.batch, c.query_len))):
@@ -108,16 +111,44 @@ def test_pass_on_a_temporal_transformer_is_equivalent_and_removable():
         assert torch.equal(module(x, num_frames=5).sample, reference)
 
 
-def test_crossover_and_exponents_on_a_small_sweep():
-    config = study.SweepConfig(frames=(2, 4, 8), image_sizes=(16,), channels=16, heads=2, repeat=1, warmup=0,
-                               min_time_s=0.0, counters="off")
-    tables = study.run_sweep(config)
+def _diffusers_core_flops(kind: str, frames: int, height: int, width: int, channels: int = 16,
+                          heads: int = 2) -> int:
+    """FLOPs of the two attention matmuls (QK^T, PV) of diffusers' own Attention module with its classic
+    processor (baddbmm + softmax + bmm), counted by torch's FlopCounterMode on the meta device: spatial
+    attention attends over the H*W positions of each frame, temporal over the F frames of each position."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor
+    from torch.utils.flop_counter import FlopCounterMode
+
+    attn = Attention(query_dim=channels, heads=heads, dim_head=channels // heads, processor=AttnProcessor())
+    batch, seq = (frames, height * width) if kind == "spatial" else (height * width, frames)
+    x = torch.empty(batch, seq, channels, device="meta")  # x: [batch, sequence, C]
+    with FlopCounterMode(display=False) as counter:
+        attn.to("meta")(x)
+    counts = counter.get_flop_counts()["Global"]
+    return int(sum(v for op, v in counts.items() if op in (torch.ops.aten.bmm, torch.ops.aten.baddbmm)))
+
+
+def test_crossover_and_exponents_derived_from_counted_flops():
+    """Exponents and the crossover from FLOPs counted on diffusers' attention, not from the study's model."""
+    frames = np.array([2, 4, 8, 16])
+    height = width = 2  # the sweep's image size 16 -> a 2x2 latent
+    counted = {kind: np.array([_diffusers_core_flops(kind, int(f), height, width) for f in frames], dtype=float)
+               for kind in ("spatial", "temporal")}
+    fitted = {kind: np.polyfit(np.log(frames), np.log(c), 1) for kind, c in counted.items()}  # log c = k log F + b
+    # crossover: where the two fitted power laws meet, exp(b_s) F^k_s = exp(b_t) F^k_t
+    (k_s, b_s), (k_t, b_t) = fitted["spatial"], fitted["temporal"]
+    crossover = float(np.exp((b_s - b_t) / (k_t - k_s)))
+
+    config = temporal_sweep.SweepConfig(frames=(2, 4, 8), image_sizes=(16,), channels=16, heads=2, repeat=1, warmup=0,
+                                        min_time_s=0.0, counters="off")
+    tables = temporal_sweep.run_sweep(config)
     fits = tables["fits"].set_index(["layer", "variant", "backend", "quantity"])["exponent"]
-    assert fits[("spatial", "standard", "flash", "core_flops")] == pytest.approx(1.0)
-    assert fits[("temporal", "standard", "flash", "core_flops")] == pytest.approx(2.0)
+    assert fits[("spatial", "standard", "flash", "core_flops")] == pytest.approx(k_s, abs=1e-6)
+    assert fits[("temporal", "standard", "flash", "core_flops")] == pytest.approx(k_t, abs=1e-6)
     cross = tables["crossover"].iloc[0]
-    assert cross["predicted_frames"] == 4 and cross["predicted_status"] == "within the grid"  # latent 2x2
-    assert cross["flops_grid_frames"] == pytest.approx(4.0)
+    assert cross["predicted_frames"] == pytest.approx(crossover, rel=1e-6)
+    assert cross["flops_grid_frames"] == pytest.approx(crossover, rel=1e-6)
+    assert cross["predicted_status"] == "within the grid"
     assert (tables["speedup"]["rel_error"] < 1e-5).all()
     points = tables["points"]
     assert len(points) == 3 * 3 * 2 and np.isfinite(points["layer_ms"]).all()
@@ -125,19 +156,18 @@ def test_crossover_and_exponents_on_a_small_sweep():
 
 def test_measured_crossover_interpolates_and_reports_beyond():
     f = np.array([2.0, 4.0, 8.0])
-    value, status = study._measured_crossover(f, np.array([0.25, 0.5, 2.0]))
+    value, status = temporal_sweep._measured_crossover(f, np.array([0.25, 0.5, 2.0]))
     assert status == "within the grid" and 4.0 < value < 8.0
-    assert study._measured_crossover(f, np.array([0.1, 0.2, 0.4]))[1] == "beyond the grid (> 8 frames)"
-    assert study._measured_crossover(f, np.array([1.5, 2.0, 4.0]))[1] == "at or below the grid"
+    assert temporal_sweep._measured_crossover(f, np.array([0.1, 0.2, 0.4]))[1] == "beyond the grid (> 8 frames)"
+    assert temporal_sweep._measured_crossover(f, np.array([1.5, 2.0, 4.0]))[1] == "at or below the grid"
 
 
 @pytest.fixture(scope="module")
 def split_tables():
-    if "make-a-video" not in registry.available():
-        pytest.skip("the make-a-video workload is not in this checkout yet")
-    config = study.SplitConfig(workload="make-a-video", preset="tiny", steps=1, frames=3, repeat=1, warmup=0,
+    assert "make-a-video" in registry.available()  # part of the suite: missing is a failure, not a skip
+    config = temporal_split.SplitConfig(workload="make-a-video", preset="tiny", steps=1, frames=3, repeat=1, warmup=0,
                                backends=("flash",), strided=True)
-    return study.run_split(config)
+    return temporal_split.run_split(config)
 
 
 def test_split_finds_spatial_and_temporal_calls_with_their_layouts(split_tables):
@@ -181,9 +211,11 @@ def test_bad_input_exits_2(argv, capsys):
     assert len(err) == 1 and err[0].startswith("genscope: error:")
 
 
-def test_counters_requested_where_none_exist_exit_2(capsys):
-    if study.counters_available(torch.device("cpu"))[0]:
-        pytest.skip("this machine has hardware counters")
+def test_counters_requested_where_none_exist_exit_2(capsys, monkeypatch):
+    import genscope.instrument.counters as counters
+
+    # a machine without counters, whatever this one has
+    monkeypatch.setattr(counters, "counters_available", lambda device: (False, "no perf events here"))
     assert main(["temporal", "--no-store", "--counters", "--frames", "2", "--image-size", "16"]) == 2
     assert "counters" in capsys.readouterr().err
 
@@ -199,7 +231,7 @@ def test_cli_stores_the_sweep_and_the_report_draws_it(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["sweep"]["run_id"] is not None
     store = ResultsStore(db)
-    record = store.latest("temporal", workload=study.SWEEP_WORKLOAD)
+    record = store.latest("temporal", workload=SWEEP_WORKLOAD)
     assert record is not None and set(record.tables) >= {"points", "fits", "crossover", "speedup"}
     html = "".join(temporal_section(store))
     assert "Figure 14" in html and "<img" in html

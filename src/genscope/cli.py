@@ -14,10 +14,13 @@ import sys
 from collections.abc import Callable
 
 from genscope.errors import UserError
+from genscope.validate import check_argv, check_path_options
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
-# Command modules, in the order their commands appear in --help; a module not in this checkout is skipped.
-COMMAND_MODULES = ("suite", "profile", "characterize", "runs", "analysis", "sequence", "temporal", "optimize")
+# Command modules, in the order their commands appear in --help. Each is imported eagerly: a module that fails
+# to import is an error with its traceback, never a silently missing command.
+COMMAND_MODULES = ("suite", "profile", "characterize", "runs", "analysis", "sequence", "temporal", "optimize",
+                   "analyze", "train", "dit")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -38,19 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
                            "and text-to-video generation.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"genscope.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"genscope.commands.{name}":
-                continue
-            raise
-        module.add_parsers(sub)
+        importlib.import_module(f"genscope.commands.{name}").add_parsers(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
+        check_argv(sys.argv[1:] if argv is None else argv)  # undecodable bytes: one line, before anything runs
         args = build_parser().parse_args(argv)
+        check_path_options(args)
+        from genscope.commands.common import preflight
+
+        preflight(args)  # store and output folder checked before any computing
         return COMMANDS[args.command](args)
     except UserError as exc:
         print(f"genscope: error: {exc}", file=sys.stderr)

@@ -8,7 +8,8 @@ import json
 import sys
 
 from genscope.cli import command
-from genscope.errors import UserError, choice_error
+from genscope.commands.common import add_store_args, open_store, store_tables
+from genscope.errors import UserError
 
 ABLATION_COLUMNS = ["row", "time_ms", "spread_pct", "speedup", "peak_tensor_mb", "weight_mb", "max_rel_error",
                     "gflops_per_s", "dominant_op_class"]
@@ -20,24 +21,6 @@ def _progress(quiet: bool):
     if quiet:
         return None
     return lambda text: print(f"[optimize] {text}", file=sys.stderr, flush=True)
-
-
-def _store_run(args: argparse.Namespace, tables: dict, image_size: int) -> int | None:
-    if args.no_store:
-        return None
-    try:
-        from genscope.results.store import ResultsStore, RunRecord
-    except ImportError:
-        print("[optimize] results store not available in this checkout; not stored", file=sys.stderr)
-        return None
-    settings = {"image_size": image_size, "repeat": args.repeat, "ablation": args.ablation,
-                "winograd_table": args.winograd_table, "rows": args.rows, "backend": args.backend,
-                "profile": not args.no_profile, "measure": not args.no_measure, "memory": not args.no_memory, "threads": args.threads,
-                "winograd_budget": args.winograd_budget}
-    store = ResultsStore(args.db)
-    record = RunRecord(study="optimization", workload=args.model, preset=args.preset, settings=settings,
-                       device=args.device, dtype=args.dtype, tables=tables)
-    return store.save_run(record)
 
 
 def _print(tables: dict, run_id: int | None) -> None:
@@ -71,46 +54,31 @@ def _print(tables: dict, run_id: int | None) -> None:
 
 @command("optimize")
 def cmd_optimize(args: argparse.Namespace) -> int:
-    from genscope.models.runtime import check_dtype_on_device, parse_device, parse_dtype
+    from dataclasses import asdict
+
+    from genscope.models.runtime import parse_device
     from genscope.studies import optimization as study
 
-    if args.model not in study.WORKLOADS:  # the model first: it is the command's one positional argument
-        raise choice_error("workload for optimize", args.model, study.WORKLOADS)
-    if not (args.ablation or args.winograd_table):
-        raise UserError("say what to run: --ablation (Table 1) and/or --winograd-table (Table 2)")
-    config = study.preset_config(args.model, args.preset) if args.preset in _presets() else None
-    if config is None:
-        raise UserError(f"unknown preset {args.preset!r}; accepted: {', '.join(_presets())}")
-    image_size = args.image_size or config.image_size
-    study.check_image_size(config, image_size)
-    dtype = parse_dtype(args.dtype)
-    check_dtype_on_device(dtype, parse_device(args.device))
-    if args.repeat < 1 or args.repeat > 50:
-        raise UserError(f"--repeat {args.repeat} is out of range: accepted 1 to 50")
     if args.threads is not None:
         import torch
 
         if not 1 <= args.threads <= 1024:
             raise UserError(f"--threads {args.threads} is out of range: accepted 1 to 1024")
         torch.set_num_threads(args.threads)
+    rows = tuple(r.strip() for r in args.rows.split(",") if r.strip()) if args.rows else ()
+    settings = study.Settings(workload=args.model, preset=args.preset, image_size=args.image_size, dtype=args.dtype,
+                              device=args.device, ablation=args.ablation, winograd_table=args.winograd_table,
+                              rows=rows, repeat=args.repeat, backend=args.backend, profile=not args.no_profile,
+                              memory=not args.no_memory, measure=not args.no_measure,
+                              winograd_budget=_budget(args.winograd_budget))
     if args.backend == "triton":
         from genscope.models.layers.triton_support import require_triton
 
         require_triton(parse_device(args.device))
-    _budget(args.winograd_budget)
-    rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None
-    if rows:
-        study.select_rows(rows, dtype)  # validates the names
-    tables: dict = {}
-    if args.ablation:
-        tables.update(study.run_ablation(args.model, args.preset, image_size, args.dtype, args.device,
-                                         repeats=args.repeat, rows=rows, profile=not args.no_profile,
-                                         memory=not args.no_memory, backend=args.backend,
-                                         measure=not args.no_measure, winograd_budget=_budget(args.winograd_budget),
-                                         progress=_progress(args.json)))
-    if args.winograd_table:
-        tables.update(study.winograd_table(args.model, args.preset, image_size, args.device, repeats=args.repeat))
-    run_id = _store_run(args, tables, image_size)
+    tables = study.run(settings, progress=_progress(args.json))
+    run_id = store_tables(open_store(args), study=study.STUDY, workload=args.model, preset=args.preset,
+                          settings={**asdict(settings), "threads": args.threads}, device=args.device,
+                          dtype=args.dtype, tables=tables)
     if args.json:
         print(json.dumps({"run_id": run_id, "tables": {k: v.to_dict(orient="records") for k, v in tables.items()}},
                          indent=2, default=str))
@@ -131,24 +99,21 @@ def _budget(text: str) -> float | None:
     return value
 
 
-def _presets() -> list[str]:
-    from genscope.models.stable_diffusion import PRESETS
-
-    return PRESETS.names()
-
-
 def add_parsers(sub) -> None:
     p = sub.add_parser("optimize", help="GPU-aware diffusion optimizations (Chen et al. 2023): ablation and "
                                         "Winograd tables for the stable-diffusion UNet")
     p.add_argument("model", help="stable-diffusion")
     p.add_argument("--preset", default="small")
     p.add_argument("--image-size", type=int, help="pixels (default: the preset's)")
-    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (the rows' precision)")
+    p.add_argument("--dtype", default="float32",
+                   help="float32 | bfloat16 | float16 | auto (the rows' precision; auto: the one that measures "
+                        "fastest on this device, cached per device)")
     p.add_argument("--device", default="cpu", help="cpu | cuda[:N]")
     p.add_argument("--ablation", action="store_true", help="Table 1: one UNet step under cumulative passes")
     p.add_argument("--winograd-table", action="store_true", help="Table 2: Winograd tile sizes")
     p.add_argument("--rows", help="ablation rows to run besides the baseline, comma-separated: "
-                                  "softmax, fused, flash, winograd, bf16, channels-last (default: all)")
+                                  "softmax, fused, flash, winograd, bf16, channels-last, qkv, prepacked "
+                                  "(default: all)")
     p.add_argument("--repeat", type=int, default=3, help="interleaved timed repetitions (default 3)")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"),
                    help="kernel implementations: torch (CPU), triton (CUDA), auto")
@@ -161,6 +126,4 @@ def add_parsers(sub) -> None:
                         "the paper's Table 1 growth, 1640 -> 2093 MB); 'none' for no limit")
     p.add_argument("--no-profile", action="store_true", help="skip the per-row operator-class profile")
     p.add_argument("--no-memory", action="store_true", help="skip the per-row peak tensor memory")
-    p.add_argument("--db", help="results database (default ~/.genscope/results.db or $GENSCOPE_DB)")
-    p.add_argument("--no-store", action="store_true", help="do not store the run")
-    p.add_argument("--json", action="store_true")
+    add_store_args(p)

@@ -1,37 +1,38 @@
-"""CLI: ``genscope profile`` (operator breakdown of one workload) and ``genscope characterize`` (the main job)."""
+"""CLI: ``genscope profile`` - the operator breakdown of one workload (baseline vs flash attention)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import asdict
 
 import pandas as pd
 
 from genscope.cli import command
+from genscope.commands.common import add_store_args, open_store, store_tables
 from genscope.errors import UserError
 
 
-def _store(db: str | None):
-    from genscope.results.store import ResultsStore
-
-    return ResultsStore(db)
-
-
-def _record(study: str, workload: str, request, settings: dict, tables: dict, key: str = ""):
-    from genscope.models.runtime import dtype_name
-    from genscope.results.store import RunRecord
-
-    return RunRecord(study=study, workload=workload, preset=request.preset, settings=settings,
-                     device=str(request.device), dtype=dtype_name(request.dtype), tables=tables, key=key)
-
-
 def _settings(args: argparse.Namespace, model: str):
+    from genscope.workloads import registry
     from genscope.workloads.base import RunSettings
 
-    return RunSettings(preset=args.preset, steps=args.steps, image_size=getattr(args, "image_size", None),
-                       frames=getattr(args, "frames", None), decode_tokens=getattr(args, "decode_tokens", None),
-                       dtype=args.dtype, device=args.device, seed=getattr(args, "seed", 0))
+    settings = RunSettings(preset=args.preset, steps=args.steps, image_size=getattr(args, "image_size", None),
+                           frames=getattr(args, "frames", None), decode_tokens=getattr(args, "decode_tokens", None),
+                           dtype=args.dtype, device=args.device, seed=getattr(args, "seed", 0))
+    registry.get(model).check_options_apply(settings)  # e.g. --decode-tokens for a diffusion model: refused
+    return settings
+
+
+def validity_note(row) -> str:
+    """' UNSTABLE (...)' when the speedup row's medians are not known to within their bound; '' else."""
+    if row.get("stable", True):
+        return ""
+    b, f = row.get("baseline_ci_pct", float("nan")), row.get("flash_ci_pct", float("nan"))
+    ci = (f"95% interval of the median +-{b:.1f}% / {f:.1f}%" if math.isfinite(b) and math.isfinite(f)
+          else "under 6 repetitions: no 95% interval of the median")
+    return f"  UNSTABLE ({ci}{'; the machine was busy' if row.get('busy', False) else ''})"
 
 
 def format_breakdown(tables: dict[str, pd.DataFrame]) -> str:
@@ -56,7 +57,7 @@ def format_breakdown(tables: dict[str, pd.DataFrame]) -> str:
     lines = [tabulate(rows, headers=headers, floatfmt=".1f"), "",
              f"end-to-end: baseline {s.baseline_ms:.1f} ms, flash {s.flash_ms:.1f} ms -> speedup "
              f"{s.e2e_speedup:.3f}x (median of {int(s.repeats)}; spread {s.baseline_spread_pct:.1f}% / "
-             f"{s.flash_spread_pct:.1f}%)",
+             f"{s.flash_spread_pct:.1f}%)" + validity_note(s),
              f"attention module: {s.attention_baseline_ms:.1f} -> {s.attention_flash_ms:.1f} ms "
              f"({s.attention_speedup:.2f}x), {100 * s.attention_share_baseline:.1f}% of baseline time; "
              f"Amdahl predicts {s.amdahl_predicted_speedup:.3f}x vs {s.e2e_speedup:.3f}x measured",
@@ -73,13 +74,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from genscope.instrument.profiler import MODES
+    from genscope.models.runtime import dtype_name
     from genscope.studies.breakdown import breakdown_tables, profile_backends
+    from genscope.validate import check_count
     from genscope.workloads import registry
 
     if args.mode not in MODES:
         raise UserError(f"unknown mode {args.mode!r}; accepted: {', '.join(MODES)}")
     if args.repeat < 1:
         raise UserError(f"--repeat must be at least 1, got {args.repeat}")
+    check_count("--warmup", args.warmup, minimum=0)
     if args.attention not in ("baseline", "flash", "both"):
         raise UserError(f"unknown attention {args.attention!r}; accepted: baseline, flash, both")
     if args.trace and not Path(args.trace).expanduser().parent.is_dir():
@@ -89,7 +93,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     workload = registry.get(args.model)
     settings = _settings(args, args.model)
     request = workload.request(settings)
-    store = _store(args.db) if not args.no_store else None
+    store = open_store(args)
     pipeline = workload.build(workload.config(request.preset), request.device, request.dtype, request.weights)
     if args.attention == "both":
         profiles = profile_backends(pipeline, request, mode=args.mode, repeat=args.repeat, warmup=args.warmup,
@@ -104,11 +108,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
         by.insert(0, "attention", args.attention)
         tables = {"class_total": by, "phase_time": prof.phase_time, "other_ops": prof.other_ops}
         study = "profile"
-    run_id = None
-    if store is not None:
-        run_id = store.save_run(_record(study, args.model, request,
-                                        {**asdict(settings), "mode": args.mode, "repeat": args.repeat,
-                                         "attention": args.attention}, tables))
+    run_id = store_tables(store, study=study, workload=args.model, preset=request.preset,
+                          settings={**asdict(settings), "mode": args.mode, "repeat": args.repeat,
+                                    "attention": args.attention},
+                          device=str(request.device), dtype=dtype_name(request.dtype), tables=tables)
     if args.json:
         print(json.dumps({"run_id": run_id, "tables": {k: v.to_dict(orient="records") for k, v in tables.items()}},
                          indent=2, default=str))
@@ -140,6 +143,4 @@ def add_parsers(sub) -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cpu")
     p.add_argument("--trace", help="write Chrome/Perfetto traces (FILE.baseline.json, FILE.flash.json)")
-    p.add_argument("--db", help="results database (default ~/.genscope/results.db or $GENSCOPE_DB)")
-    p.add_argument("--no-store", action="store_true", help="do not store the run")
-    p.add_argument("--json", action="store_true")
+    add_store_args(p)

@@ -6,50 +6,39 @@ import argparse
 import json
 
 from genscope.cli import command
-
-
-def _store(args: argparse.Namespace):
-    from genscope.results.store import ResultsStore
-
-    return ResultsStore(args.db)
-
-
-def _frame_records(df) -> list[dict]:
-    # to_json turns NaN / inf into null (valid JSON), numpy scalars into plain numbers
-    return json.loads(df.to_json(orient="records", double_precision=15))
+from genscope.commands.common import DB_HELP, open_store, records, tabulate_frame
 
 
 def _print_frame(df, floatfmt: str = ",.4g") -> None:
-    from tabulate import tabulate
-
-    print(tabulate(df, headers="keys", tablefmt="simple", showindex=False, floatfmt=floatfmt, intfmt=","))
+    print(tabulate_frame(df, floatfmt=floatfmt))
 
 
 def _runs_list(args: argparse.Namespace) -> int:
-    store = _store(args)
+    store = open_store(args, readonly=True)
     runs = store.list_runs(study=args.study, workload=args.workload)
     if args.json:
-        print(json.dumps(_frame_records(runs), indent=2))
+        print(json.dumps(records(runs), indent=2))
         return 0
     if runs.empty:
         what = f" of study {args.study!r}" if args.study else ""
         print(f"no runs{what} stored in {store.path}")
         return 0
-    shown = runs.assign(git_commit=runs["git_commit"].str.slice(0, 10), key=runs["key"].str.slice(0, 12))
+    shown = runs.assign(git_commit=runs["git_commit"].str.slice(0, 10), key=runs["key"].str.slice(0, 12),
+                        validity=runs["stable"].map(lambda s: "UNSTABLE" if s is False else ""))
     _print_frame(shown[["id", "study", "workload", "preset", "device", "dtype", "created_at", "git_commit",
-                        "status", "tables"]])
+                        "status", "tables", "validity"]])
     return 0
 
 
 def _runs_show(args: argparse.Namespace) -> int:
-    store = _store(args)
+    store = open_store(args, readonly=True)
     record = store.load_run(args.id)
     header = {"id": record.id, "study": record.study, "workload": record.workload, "preset": record.preset,
               "device": record.device, "dtype": record.dtype, "created_at": record.created_at,
               "git_commit": record.git_commit, "key": record.key, "status": record.status,
               "settings": record.settings, "environment": record.environment}
     if args.json:
-        print(json.dumps({**header, "tables": {name: _frame_records(df) for name, df in record.tables.items()}},
+        print(json.dumps({**header, "tables": {name: records(df) for name, df in record.tables.items()}},
                          indent=2))
         return 0
     for name, value in header.items():
@@ -63,11 +52,11 @@ def _runs_show(args: argparse.Namespace) -> int:
 
 
 def _runs_compare(args: argparse.Namespace) -> int:
-    store = _store(args)
+    store = open_store(args, readonly=True)
     id_a, id_b = args.ids
     tables = store.compare(id_a, id_b)
     if args.json:
-        print(json.dumps({"a": id_a, "b": id_b, "tables": {n: _frame_records(df) for n, df in tables.items()}},
+        print(json.dumps({"a": id_a, "b": id_b, "tables": {n: records(df) for n, df in tables.items()}},
                          indent=2))
         return 0
     if not tables:
@@ -91,14 +80,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from genscope.report.html import build_report
 
-    path = build_report(_store(args), args.out)
+    path = build_report(open_store(args, readonly=True), args.out)
     print(path)
     return 0
 
 
 def _db_arg(p) -> None:
     p.add_argument("--db", metavar="PATH",
-                   help="results database (default: $GENSCOPE_DB, else ~/.genscope/results.db)")
+                   help=DB_HELP)
 
 
 def add_parsers(sub) -> None:

@@ -78,12 +78,15 @@ def environment() -> dict:
 
 
 def _settings_from_args(args: argparse.Namespace):
+    from genscope.workloads import registry
     from genscope.workloads.base import RunSettings
 
-    return RunSettings(preset=args.preset, steps=args.steps, image_size=args.image_size, frames=args.frames,
-                       guidance_scale=args.guidance_scale, decode_tokens=args.decode_tokens,
-                       attention=args.attention, dtype=args.dtype, device=args.device, seed=args.seed,
-                       prompt=args.prompt, batch_size=args.batch_size, weights=args.weights)
+    settings = RunSettings(preset=args.preset, steps=args.steps, image_size=args.image_size, frames=args.frames,
+                           guidance_scale=args.guidance_scale, decode_tokens=args.decode_tokens,
+                           attention=args.attention, dtype=args.dtype, device=args.device, seed=args.seed,
+                           prompt=args.prompt, batch_size=args.batch_size, weights=args.weights)
+    registry.get(args.model).check_options_apply(settings)  # an option the model does not use: refused
+    return settings
 
 
 def prepare_out_dir(out: str | None, stem: str, overwrite: bool) -> Path:

@@ -10,42 +10,50 @@ that workload (``--no-sweep``: only the split). Both are stored (study ``tempora
 from __future__ import annotations
 
 import argparse
-import json
+from collections.abc import Sequence
+from dataclasses import asdict
 
 from genscope.cli import command
+from genscope.commands.common import add_store_args, open_store, print_json, records, store_tables
 from genscope.errors import UserError
 
 
+def parse_int_list(text: str | Sequence[int], what: str, minimum: int, maximum: int) -> tuple[int, ...]:
+    """``"2,4,8"`` -> (2, 4, 8), each within [minimum, maximum]; one clear UserError otherwise."""
+    if isinstance(text, str):
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        if not parts:
+            raise UserError(f"{what}: give a comma-separated list of integers, got {text!r}")
+        values = []
+        for p in parts:
+            try:
+                values.append(int(p))
+            except ValueError:
+                raise UserError(f"{what}: {p!r} is not an integer (e.g. 2,4,8)") from None
+    else:
+        values = [int(v) for v in text]
+        if not values:
+            raise UserError(f"{what}: the list is empty")
+    for v in values:
+        if v < minimum or v > maximum:
+            raise UserError(f"{what}: {v} is out of range; accepted {minimum} to {maximum}")
+    return tuple(sorted(set(values)))
+
+
 def _frames_arg(text: str):
-    from genscope.studies.temporal import MAX_FRAMES, parse_int_list
+    from genscope.studies.temporal import MAX_FRAMES
 
     return parse_int_list(text, "--frames", 1, MAX_FRAMES)
 
 
 def _sizes_arg(text: str):
-    from genscope.studies.temporal import MAX_IMAGE_SIZE, check_image_size, parse_int_list
+    from genscope.studies.temporal_model import MAX_IMAGE_SIZE
 
-    sizes = parse_int_list(text, "--image-size", 1, MAX_IMAGE_SIZE)
-    for size in sizes:
-        check_image_size(size)
-    return sizes
+    return parse_int_list(text, "--image-size", 1, MAX_IMAGE_SIZE)
 
 
 def _backends_arg(text: str) -> tuple[str, ...]:
-    from genscope.errors import choice_error
-    from genscope.models.layers.attention import BACKENDS
-
-    names = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
-    if not names:
-        raise UserError("--backends: give a comma-separated list, e.g. baseline,flash")
-    for name in names:
-        if name not in BACKENDS:
-            raise choice_error("attention backend", name, BACKENDS)
-    return names
-
-
-def _records(df) -> list[dict]:
-    return json.loads(df.to_json(orient="records", double_precision=15))
+    return tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
 
 
 def _print(df, floatfmt: str = ".4g") -> None:
@@ -94,7 +102,7 @@ def format_sweep(tables: dict) -> None:
 
 
 def format_split(tables: dict) -> None:
-    from genscope.studies.temporal import SPLIT_NOTE
+    from genscope.studies.temporal_split import SPLIT_NOTE
 
     s = tables["summary"]
     cols = ["attention", "variant", "spatial_ms", "temporal_ms", "time_ratio_temporal_to_spatial",
@@ -113,49 +121,42 @@ def format_split(tables: dict) -> None:
 def cmd_temporal(args: argparse.Namespace) -> int:
     import torch
 
-    from genscope.studies.temporal import (
-        DEFAULT_FRAMES,
-        DEFAULT_IMAGE_SIZES,
-        STUDY,
-        SWEEP_PRESET,
-        SWEEP_WORKLOAD,
-        SplitConfig,
-        SweepConfig,
-        check_layer_config,
-        counters_available,
-    )
+    from genscope.models.runtime import dtype_name, parse_dtype
+    from genscope.studies import registry, temporal
 
-    frames = _frames_arg(args.frames) if args.frames is not None else DEFAULT_FRAMES
-    sizes = _sizes_arg(args.image_size) if args.image_size is not None else DEFAULT_IMAGE_SIZES
-    backends = _backends_arg(args.backends)
-    check_layer_config(args.channels, args.heads, args.batch)
-    if args.repeat < 1:
-        raise UserError(f"--repeat must be at least 1, got {args.repeat}")
-    if args.warmup < 0:
-        raise UserError(f"--warmup must be 0 or more, got {args.warmup}")
     if args.no_sweep and args.model is None:
         raise UserError("--no-sweep leaves nothing to do: give --model make-a-video (or phenaki) too")
     if args.counters and args.no_counters:
         raise UserError("--counters and --no-counters contradict each other")
+    if args.counters and args.no_sweep:
+        raise UserError("--counters applies to the frames sweep; drop --no-sweep")
     if args.threads is not None:
         if not 1 <= args.threads <= 1024:
             raise UserError(f"--threads must be between 1 and 1024, got {args.threads}")
         torch.set_num_threads(args.threads)
-    from genscope.models.runtime import check_dtype_on_device, parse_device, parse_dtype
+    common = {"backends": _backends_arg(args.backends), "repeat": args.repeat, "warmup": args.warmup,
+              "device": args.device, "dtype": args.dtype}
+    parts = []  # validated before anything runs
+    if args.model is not None:
+        parts.append(temporal.Settings(part="split", workload=args.model, preset=args.preset, steps=args.steps,
+                                       model_frames=args.model_frames, model_image_size=args.model_image_size,
+                                       strided=not args.no_pass, **common))
+    if not args.no_sweep:
+        sweep = temporal.Settings(part="sweep", frames=_frames_arg(args.frames) if args.frames is not None
+                                  else temporal.DEFAULT_FRAMES,
+                                  image_sizes=_sizes_arg(args.image_size) if args.image_size is not None
+                                  else temporal.DEFAULT_IMAGE_SIZES, channels=args.channels, heads=args.heads,
+                                  batch=args.batch, counters="on" if args.counters else "off" if args.no_counters
+                                  else "auto", **common)
+        if args.counters:
+            from genscope.instrument.counters import counters_available
+            from genscope.models.runtime import parse_device
 
-    device, dtype = parse_device(args.device), parse_dtype(args.dtype)
-    check_dtype_on_device(dtype, device)
-    if args.counters and not args.no_sweep:
-        ok, why = counters_available(device)
-        if not ok:
-            raise UserError(f"--counters requested but no hardware counters are available here: {why}")
-    elif args.counters:
-        raise UserError("--counters applies to the frames sweep; drop --no-sweep")
-    store = None
-    if not args.no_store:
-        from genscope.results.store import ResultsStore
-
-        store = ResultsStore(args.db)
+            ok, why = counters_available(parse_device(args.device))
+            if not ok:
+                raise UserError(f"--counters requested but no hardware counters are available here: {why}")
+        parts.append(sweep)
+    store = open_store(args)
     quiet = args.json
     out: dict = {}
 
@@ -164,55 +165,26 @@ def cmd_temporal(args: argparse.Namespace) -> int:
             print(f"  {msg}", flush=True)
 
     threads = torch.get_num_threads()
-    if args.model is not None:
-        split_cfg = SplitConfig(workload=args.model, preset=args.preset, steps=args.steps, frames=args.model_frames,
-                                image_size=args.model_image_size, repeat=args.repeat, warmup=args.warmup,
-                                backends=backends, strided=not args.no_pass, device=args.device, dtype=args.dtype)
-        from genscope.studies.temporal import run_split
-
-        if not quiet:
+    for settings in parts:
+        if not quiet and settings.part == "split":
             print(f"in-model split: {args.model} @ {args.preset} on {args.device} ({args.dtype}), {threads} threads")
-        tables = run_split(split_cfg, progress=progress)
-        run_id = _save(store, STUDY, args.model, args.preset, {**split_cfg.settings(), "part": "split",
-                                                                "threads": threads}, args.device, args.dtype, tables)
-        out["split"] = {"run_id": run_id, "tables": {k: _records(v) for k, v in tables.items()}}
+        elif not quiet:
+            print(f"frames sweep: frames {','.join(map(str, settings.frames))} x image sizes "
+                  f"{','.join(map(str, settings.image_sizes))} (C={args.channels}, {args.heads} heads, "
+                  f"B={args.batch}) on {args.device} ({args.dtype}), {threads} threads")
+        tables = temporal.run(settings, progress=progress)
+        preset, device, dtype = registry.record_fields(temporal.STUDY, settings)
+        run_id = store_tables(store, study=temporal.STUDY, workload=settings.record_workload, preset=preset,
+                              settings={**asdict(settings), "threads": threads}, device=device,
+                              dtype=dtype_name(parse_dtype(dtype)), tables=tables)
+        out[settings.part] = {"run_id": run_id, "tables": {k: records(v) for k, v in tables.items()}}
         if not quiet:
-            format_split(tables)
-            if run_id is not None:
-                print(f"stored as run {run_id}")
-    if not args.no_sweep:
-        sweep_cfg = SweepConfig(frames=frames, image_sizes=sizes, channels=args.channels, heads=args.heads,
-                                batch=args.batch, backends=backends, repeat=args.repeat, warmup=args.warmup,
-                                device=args.device, dtype=args.dtype,
-                                counters="on" if args.counters else "off" if args.no_counters else "auto")
-        from genscope.studies.temporal import run_sweep
-
-        if not quiet:
-            print(f"frames sweep: frames {','.join(map(str, frames))} x image sizes {','.join(map(str, sizes))} "
-                  f"(C={args.channels}, {args.heads} heads, B={args.batch}) on {args.device} ({args.dtype}), "
-                  f"{threads} threads")
-        tables = run_sweep(sweep_cfg, progress=progress)
-        run_id = _save(store, STUDY, SWEEP_WORKLOAD, SWEEP_PRESET, {**sweep_cfg.settings(), "part": "sweep",
-                                                                     "threads": threads}, args.device, args.dtype,
-                       tables)
-        out["sweep"] = {"run_id": run_id, "tables": {k: _records(v) for k, v in tables.items()}}
-        if not quiet:
-            format_sweep(tables)
+            (format_split if settings.part == "split" else format_sweep)(tables)
             if run_id is not None:
                 print(f"stored as run {run_id}")
     if quiet:
-        print(json.dumps(out, indent=2))
+        print_json(out)
     return 0
-
-
-def _save(store, study, workload, preset, settings, device, dtype, tables):
-    if store is None:
-        return None
-    from genscope.models.runtime import dtype_name, parse_dtype
-    from genscope.results.store import RunRecord
-
-    return store.save_run(RunRecord(study=study, workload=workload, preset=preset, settings=settings,
-                                    device=str(device), dtype=dtype_name(parse_dtype(dtype)), tables=tables))
 
 
 def add_parsers(sub) -> None:
@@ -242,6 +214,4 @@ def add_parsers(sub) -> None:
     p.add_argument("--no-sweep", action="store_true", help="only the in-model split")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--db", help="results database (default ~/.genscope/results.db or $GENSCOPE_DB)")
-    p.add_argument("--no-store", action="store_true")
-    p.add_argument("--json", action="store_true")
+    add_store_args(p)

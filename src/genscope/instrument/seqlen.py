@@ -13,6 +13,8 @@ One row per call (:data:`COLUMNS`):
   length (the tokens in context: it grows by one per decode step while the query length stays 1);
 * ``similarity_elements`` = batch * heads * Lq * Lk and ``similarity_bytes`` (in the call's dtype): the
   matrix QK^T that baseline attention materializes; ``macs`` and ``flops`` (= 2 x MACs) of the two matmuls.
+* ``media_len``: image/video tokens among the queries (a joint text+image call's text tokens are
+  ``query_len - media_len``; ``context_len`` are those among the keys); ``kernel``: the kernel that ran.
 
 Runs on the meta device too (shapes only: a paper-scale trace costs no memory). Denoising steps all have the
 same shapes, so :func:`trace_workload` on the meta device runs two steps of every denoising loop
@@ -39,7 +41,7 @@ from genscope.workloads.phases import current_phase
 COLUMNS: tuple[str, ...] = (
     "call", "phase", "step", "component", "path", "kind", "batch", "heads", "query_len", "key_len",
     "context_len", "head_dim", "seq_len", "dtype", "backend", "similarity_elements", "similarity_bytes", "macs",
-    "flops",
+    "flops", "media_len", "kernel",
 )
 # what makes two calls the same computation (used to check that replicated steps are identical)
 SIGNATURE: tuple[str, ...] = ("path", "kind", "batch", "heads", "query_len", "key_len", "context_len", "head_dim",
@@ -77,6 +79,8 @@ def call_row(call: AttentionCall) -> dict[str, Any]:
         "similarity_bytes": call.similarity_elements * element_size,
         "macs": call.macs,
         "flops": call.flops,
+        "media_len": call.media_len,  # image/video tokens among the queries (text ones: query_len - media_len)
+        "kernel": call.kernel,  # the kernel the backend ran (flash, efficient, math, materialized, meta, ...)
     }
 
 
@@ -86,7 +90,7 @@ def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df.insert(0, "call", range(len(df)))
     df["step"] = df["step"].astype("Int64")
     for col in ("batch", "heads", "query_len", "key_len", "context_len", "head_dim", "seq_len",
-                "similarity_elements", "similarity_bytes", "macs", "flops"):
+                "similarity_elements", "similarity_bytes", "macs", "flops", "media_len"):
         df[col] = df[col].astype("int64")
     return df
 
@@ -252,6 +256,12 @@ def looped_phases(calls: pd.DataFrame) -> list[str]:
     """Phases that repeat (have steps), in the order they first appear."""
     stepped = calls[calls["step"].notna()]
     return list(dict.fromkeys(stepped["phase"]))
+
+
+def kernels_by_kind(calls: pd.DataFrame) -> pd.DataFrame:
+    """Calls per (kind, backend, kernel): which kernel actually ran for each kind of attention call."""
+    return calls.groupby(["kind", "backend", "kernel"], as_index=False, sort=False).size().rename(
+        columns={"size": "calls"})
 
 
 def fundamental_period(calls: pd.DataFrame, phase: str | None = None) -> pd.DataFrame:

@@ -10,19 +10,32 @@ return tidy tables:
   attention_flash_ms, attention_speedup (the attention module alone), attention_share_baseline, and the
   Amdahl check: amdahl_predicted_speedup = 1 / ((1 - a) + a / s) with a the baseline attention share and
   s the attention speedup, next to the measured e2e speedup; repeats and the spread of each backend;
+  the end-to-end times come from uninstrumented runs timed by :func:`genscope.instrument.measure.measure`
+  (interleaved until each median's 95 % interval is within ``ci_bound_pct`` or ``e2e_budget_s`` runs out;
+  default: three times what the six minimum rounds took):
+  per backend ``<b>_min_ms``, ``<b>_spread_pct``, ``<b>_ci_pct``, ``<b>_stable``; ``e2e_speedup_low/high``,
+  ``ci_pct`` (the wider of the two), ``stable`` (both backends stable), ``busy`` and ``load_avg_1m`` (the machine's load while measuring);
+* ``e2e`` (one row per backend: measure's table) and ``load`` (the load record, threads chosen);
 * ``class_total``: workload, attention, op_class, time_ms, share_pct (share of that backend's total) and
   normalized_pct (share of the *baseline* total: the bar heights of Figure 7).
 """
 
 from __future__ import annotations
 
-import statistics
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from genscope.instrument.measure import (
+    CI_BOUND_PCT,
+    MIN_REPS,
+    Measurement,
+    measure,
+    settle_threads,
+    summarize,
+)
 from genscope.instrument.opclasses import OP_CLASSES
 from genscope.instrument.profiler import ATTENTION_NOTE, Profile, profile_callable
 from genscope.models.layers.attention import use_backend
@@ -58,6 +71,10 @@ def merge(profiles: list[Profile]) -> Profile:
 def profile_backends(pipeline, request, *, mode: str = "trace", repeat: int = 2, warmup: int = 1,
                      trace_path=None, progress=None, backends: tuple[str, ...] = BACKEND_ORDER) -> dict[str, Profile]:
     """Interleaved profiles of the same built pipeline under each attention backend."""
+    from genscope.validate import check_count
+
+    check_count("--repeat", repeat, minimum=1)
+    check_count("--warmup", warmup, minimum=0)
     components = [(c.name, c.module) for c in pipeline.components]
 
     def runner(backend):
@@ -85,7 +102,44 @@ def profile_backends(pipeline, request, *, mode: str = "trace", repeat: int = 2,
     return {b: merge(ps) for b, ps in collected.items()}
 
 
-def breakdown_tables(workload: str, profiles: dict[str, Profile]) -> dict[str, pd.DataFrame]:
+def measure_backends(pipeline, request, *, budget_s: float | None, ci_bound_pct: float = CI_BOUND_PCT,
+                     progress=None, backends: tuple[str, ...] = BACKEND_ORDER) -> Measurement:
+    """End-to-end time of uninstrumented runs per backend (already warm: no warm-up)."""
+    def runner(backend):
+        def run():
+            with torch.inference_mode(), use_backend(backend):
+                pipeline.generate(replace(request, attention=backend))
+        return run
+
+    return measure({b: runner(b) for b in backends}, device=pipeline.device, warmup=0, min_reps=MIN_REPS,
+                   budget_s=budget_s, ci_bound_pct=ci_bound_pct, progress=progress)
+
+
+def e2e_columns(profiles: dict[str, Profile], measurement: Measurement | None) -> dict:
+    """The speedup row's timing columns: from ``measurement`` if given, else from the profiled walls."""
+    if measurement is not None:
+        rows = {b: measurement.row(b) for b in profiles}
+    else:
+        rows = {b: summarize(p.repeat_totals_ms) for b, p in profiles.items()}
+    base, flash = rows["baseline"], rows["flash"]
+    out = {"baseline_ms": base["median_ms"], "flash_ms": flash["median_ms"],
+           "e2e_speedup": base["median_ms"] / flash["median_ms"],
+           "e2e_speedup_low": base["ci_low_ms"] / flash["ci_high_ms"],
+           "e2e_speedup_high": base["ci_high_ms"] / flash["ci_low_ms"],
+           "repeats": int(base["reps"]), "timed_by": "measure" if measurement is not None else "profiler"}
+    for b, row in rows.items():
+        out.update({f"{b}_min_ms": row["min_ms"], f"{b}_spread_pct": row["spread_pct"],
+                    f"{b}_ci_pct": row["ci_pct"], f"{b}_stable": bool(row["stable"])})
+    out["ci_pct"] = max(base["ci_pct"], flash["ci_pct"])  # the worse of the two intervals
+    out["stable"] = bool(base["stable"] and flash["stable"])
+    load = measurement.load if measurement is not None else None
+    out["busy"] = bool(load.busy) if load is not None else False
+    out["load_avg_1m"] = load.load_avg_1m if load is not None else float("nan")
+    return out
+
+
+def breakdown_tables(workload: str, profiles: dict[str, Profile],
+                     measurement: Measurement | None = None) -> dict[str, pd.DataFrame]:
     class_rows, total_rows = [], []
     for backend, prof in profiles.items():
         ct = prof.class_time.copy()
@@ -102,23 +156,18 @@ def breakdown_tables(workload: str, profiles: dict[str, Profile]) -> dict[str, p
     class_total["normalized_pct"] = 100.0 * class_total["time_ms"] / base.total_ms
     attention_share = base.attention_ms / base.total_ms if base.total_ms else float("nan")
     attention_speedup = base.attention_ms / flash.attention_ms if flash.attention_ms else float("nan")
-    base_wall = statistics.median(base.repeat_totals_ms)
-    flash_wall = statistics.median(flash.repeat_totals_ms)
+    e2e = e2e_columns(profiles, measurement)
     speedup = pd.DataFrame([{
         "workload": workload,
-        "baseline_ms": base_wall,
-        "flash_ms": flash_wall,
-        "e2e_speedup": base_wall / flash_wall,
+        **{k: e2e[k] for k in ("baseline_ms", "flash_ms", "e2e_speedup")},
         "attention_baseline_ms": base.attention_ms,
         "attention_flash_ms": flash.attention_ms,
         "attention_speedup": attention_speedup,
         "attention_share_baseline": attention_share,
         "attention_share_flash": flash.attention_ms / flash.total_ms if flash.total_ms else float("nan"),
         "amdahl_predicted_speedup": amdahl(attention_share, attention_speedup),
-        "repeats": len(base.repeat_totals_ms),
-        "baseline_spread_pct": base.spread_pct,
-        "flash_spread_pct": flash.spread_pct,
         "dominant_class_flash": flash.by_class().sort_values("time_ms").iloc[-1]["op_class"],
+        **{k: v for k, v in e2e.items() if k not in ("baseline_ms", "flash_ms", "e2e_speedup")},
     }])
     phases = []
     for backend, prof in profiles.items():
@@ -132,19 +181,79 @@ def breakdown_tables(workload: str, profiles: dict[str, Profile]) -> dict[str, p
         ot.insert(0, "attention", backend)
         ot.insert(0, "workload", workload)
         other.append(ot)
-    return {"class_time": class_time, "class_total": class_total, "speedup": speedup,
-            "phase_time": pd.concat(phases, ignore_index=True), "other_ops": pd.concat(other, ignore_index=True)}
+    tables = {"class_time": class_time, "class_total": class_total, "speedup": speedup,
+              "phase_time": pd.concat(phases, ignore_index=True), "other_ops": pd.concat(other, ignore_index=True)}
+    if measurement is not None:
+        tables["e2e"] = measurement.table.rename(columns={"variant": "attention"}).assign(workload=workload)
+        tables["load"] = measurement.load_table().assign(workload=workload)
+    return tables
 
 
 def run_breakdown(workload_name: str, settings: RunSettings, *, mode: str = "trace", repeat: int = 2,
-                  warmup: int = 1, trace_path=None, progress=None) -> dict[str, pd.DataFrame]:
+                  warmup: int = 1, trace_path=None, progress=None, e2e_budget_s: float | None = None,
+                  ci_bound_pct: float = CI_BOUND_PCT) -> dict[str, pd.DataFrame]:
     """Build ``workload_name`` once and return the breakdown tables (see module docstring)."""
     workload = registry.get(workload_name)
     request = workload.request(settings)
+    threads = settle_threads(request.device)  # one thread when extra threads only spin on a busy machine
     pipeline = workload.build(workload.config(request.preset), request.device, request.dtype, request.weights)
     profiles = profile_backends(pipeline, request, mode=mode, repeat=repeat, warmup=warmup,
                                 trace_path=trace_path, progress=progress)
-    return breakdown_tables(workload_name, profiles)
+    measurement = measure_backends(pipeline, request, budget_s=e2e_budget_s, ci_bound_pct=ci_bound_pct,
+                                   progress=progress)
+    measurement.settings.update(threads)
+    return breakdown_tables(workload_name, profiles, measurement)
 
 
-__all__ = ["ATTENTION_NOTE", "OP_CLASSES", "amdahl", "breakdown_tables", "profile_backends", "run_breakdown"]
+# ---------------------------------------------------------------------------------------------------------
+# the study's entry point (genscope.studies.registry)
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Settings:
+    """One workload's breakdown; ``None`` = the preset's default."""
+
+    workload: str
+    preset: str = "small"
+    device: str = "cpu"
+    dtype: str = "float32"
+    mode: str = "trace"
+    repeat: int = 2
+    warmup: int = 1
+    steps: int | None = None
+    image_size: int | None = None
+    frames: int | None = None
+    decode_tokens: int | None = None
+    e2e_budget_s: float | None = None  # s of uninstrumented e2e timing; None: 3x the 6 minimum rounds, <= 60
+    ci_bound_pct: float = CI_BOUND_PCT
+
+    def __post_init__(self) -> None:
+        from genscope.errors import UserError, choice_error
+        from genscope.instrument.profiler import MODES
+
+        registry.get(self.workload)
+        if self.mode not in MODES:
+            raise choice_error("mode", self.mode, MODES)
+        if isinstance(self.repeat, bool) or not isinstance(self.repeat, int) or self.repeat < 1:
+            raise UserError(f"--repeat must be at least 1, got {self.repeat}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise UserError(f"--warmup must be 0 or more, got {self.warmup}")
+        from genscope.validate import check_positive_number
+
+        if self.e2e_budget_s is not None:
+            check_positive_number("e2e time budget (s)", self.e2e_budget_s)
+        check_positive_number("confidence-interval bound (%)", self.ci_bound_pct)
+        registry.get(self.workload).check_options_apply(self.run_settings())
+
+    def run_settings(self) -> RunSettings:
+        return RunSettings(preset=self.preset, device=self.device, dtype=self.dtype, steps=self.steps,
+                           image_size=self.image_size, frames=self.frames, decode_tokens=self.decode_tokens)
+
+
+def run(settings: Settings, *, trace_path=None, progress=None) -> dict[str, pd.DataFrame]:
+    return run_breakdown(settings.workload, settings.run_settings(), mode=settings.mode, repeat=settings.repeat,
+                         warmup=settings.warmup, trace_path=trace_path, progress=progress,
+                         e2e_budget_s=settings.e2e_budget_s, ci_bound_pct=settings.ci_bound_pct)
+
+
+__all__ = ["ATTENTION_NOTE", "OP_CLASSES", "Settings", "amdahl", "breakdown_tables", "profile_backends", "run",
+           "run_breakdown"]

@@ -9,7 +9,8 @@ Tables (tidy, units in names; FLOPs = 2 x MACs; softmax apart, see ``genscope.in
 
 * ``summary`` (one row): totals, per image (divided by the batch), attention and softmax FLOPs, bytes moved,
   parameters and parameter bytes, both arithmetic intensities (FLOPs per parameter byte, as the paper
-  defines it; FLOPs per byte moved), how long the count took, memoized calls, meta value reads;
+  defines it; FLOPs per byte moved), how long the count took, steps replicated (``memoized_calls``) and
+  extrapolated (``predicted_calls``), meta value reads;
 * ``phases``: per phase (``text_encoder``, ``denoise``, ``decoder``, ...): entries (steps), flops, macs,
   softmax_flops, bytes, flops per entry (= per step), flops per image, share;
 * ``classes``: per operator class; ``phase_classes``: per phase and class;
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field, replace
 import pandas as pd
 import torch
 
+from genscope.errors import UserError
 from genscope.instrument.flops import (
     ATTENTION_NOTE,
     BYTES_NOTE,
@@ -73,8 +75,9 @@ def count_workload(name: str, preset: str = "paper", *, steps: int | None = None
                    memoize: bool = True) -> FlopsResult:
     """Count one full run of workload ``name``; see the module docstring for the tables.
 
-    ``memoize``: on the meta device, replay repeated component calls and predict autoregressive decode
-    loops (exact; see :class:`~genscope.instrument.flops.FlopCounter`); ``False`` runs every call.
+    ``memoize``: on the meta device, run a few steps of each loop and add the rest from them (identical steps
+    replicated, autoregressive steps extrapolated; exact, see :mod:`genscope.instrument.flop_steps`);
+    ``False`` runs every step.
     """
     workload = registry.get(name)
     dev = parse_device(device)
@@ -162,3 +165,73 @@ def flops_tables(rows: pd.DataFrame, steps: pd.DataFrame, phase_calls: dict[str,
 
 NOTES = (ATTENTION_NOTE, BYTES_NOTE, "FLOPs = 2 x MACs; per image = total / batch size; per entry = per step "
          "for phases entered once per step (denoise, decode).")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the study's entry point (genscope.studies.registry): Settings -> tables
+# ---------------------------------------------------------------------------------------------------------
+def _check_positive(what: str, value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise UserError(f"{what} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One count of ``workload``; ``None`` = the preset's default. ``exact``: run every component call."""
+
+    workload: str
+    preset: str = "paper"
+    steps: int | None = None
+    image_size: int | None = None
+    frames: int | None = None
+    decode_tokens: int | None = None
+    batch_size: int = 1
+    device: str = "meta"
+    dtype: str = "float32"
+    attention: str = "flash"
+    depth: int = DEFAULT_DEPTH
+    exact: bool = False
+    allow_large: bool = False
+
+    def __post_init__(self) -> None:
+        registry.get(self.workload)  # unknown workload -> UserError listing the known ones
+        if self.device.split(":")[0] not in DEVICES:
+            raise UserError(f"unknown device {self.device!r}; accepted: {', '.join(DEVICES)}")
+        for what in ("steps", "image_size", "frames", "decode_tokens", "depth", "batch_size"):
+            _check_positive(f"--{what.replace('_', '-')}", getattr(self, what))
+        if self.device != "meta" and self.preset == "paper" and not self.allow_large:
+            raise UserError("counting the paper preset on real tensors would build the full-size model; use "
+                            "--device meta (the default), a smaller preset, or --allow-large")
+
+
+def run(settings: Settings) -> dict[str, pd.DataFrame]:
+    """The count's tables (see the module docstring)."""
+    s = settings
+    return count_workload(s.workload, s.preset, steps=s.steps, image_size=s.image_size, frames=s.frames,
+                          decode_tokens=s.decode_tokens, batch_size=s.batch_size, device=s.device, dtype=s.dtype,
+                          attention=s.attention, depth=s.depth, memoize=not s.exact).tables
+
+
+def result_from_tables(tables: dict[str, pd.DataFrame]) -> FlopsResult:
+    """A :class:`FlopsResult` around stored or fresh tables (its fields read from the ``summary`` row)."""
+    s = tables["summary"].iloc[0]
+    settings = {k: (None if pd.isna(s[k]) else s[k]) for k in ("steps", "image_size", "frames", "decode_tokens",
+                                                                "guidance_scale", "batch_size", "attention")}
+    return FlopsResult(workload=str(s["workload"]), preset=str(s["preset"]), device=str(s["device"]),
+                       dtype=str(s["dtype"]), settings=settings, tables=dict(tables))
+
+
+def stored_count(store, workload: str, preset: str, dtype: str | None = None) -> FlopsResult | None:
+    """The newest stored default-settings meta count of ``workload`` at ``preset`` (``dtype`` None: any), or None.
+
+    ``store``: a :class:`genscope.results.store.ResultsStore` (anything with its ``latest``); None -> None.
+    """
+    if store is None:
+        return None
+    record = store.latest(STUDY, workload=workload, preset=preset, device="meta", dtype=dtype)
+    if record is None or not {"phases", "summary"} <= set(record.tables):
+        return None
+    if not bool(record.tables["summary"].iloc[0].get("defaults", False)):
+        return None
+    return FlopsResult(workload=workload, preset=preset, device=record.device, dtype=record.dtype,
+                       settings=record.settings, tables=record.tables)

@@ -170,7 +170,9 @@ def image_scaling(preset: str = "small", image_sizes: tuple[int, ...] | list[int
     for size in image_sizes:  # validate every size before running any
         requests[size] = workload.request(RunSettings(preset=preset, image_size=size, steps=steps, device=device,
                                                       dtype=dtype))
-    budget = memory_fraction * available_bytes(device)
+    from genscope.validate import check_fraction
+
+    budget = check_fraction("--memory-fraction", memory_fraction) * available_bytes(device)
     samples: dict[tuple[int, str], list[dict[str, float]]] = {}
     skipped = []
     for size in sorted(image_sizes):
@@ -206,3 +208,36 @@ def image_scaling(preset: str = "small", image_sizes: tuple[int, ...] | list[int
     both = times[times["op_class"].isin(CLASSES)]
     return ScalingResult(times=times, slopes=slopes(both), crossovers=crossovers(both),
                          skipped=pd.DataFrame(skipped, columns=["image_size", "backend", "reason"]))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the study's entry point (genscope.studies.registry)
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Settings:
+    """``phases`` empty: the whole inference."""
+
+    preset: str = "small"
+    image_sizes: tuple[int, ...] = DEFAULT_SIZES
+    steps: int = 2
+    repeat: int = 3
+    device: str = "cpu"
+    dtype: str = "float32"
+    phases: tuple[str, ...] = ()
+    memory_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        bad = [v for v in self.image_sizes if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+        if bad or not self.image_sizes:
+            raise UserError(f"image sizes must be positive integers, got {list(self.image_sizes)}")
+        object.__setattr__(self, "image_sizes", tuple(dict.fromkeys(self.image_sizes)))
+        if not 0 < self.memory_fraction <= 1:
+            raise UserError(f"--memory-fraction must be in (0, 1], got {self.memory_fraction}")
+
+
+def run(settings: Settings, *, progress=None) -> dict[str, pd.DataFrame]:
+    """Tables ``times``, ``slopes``, ``crossovers``, ``skipped`` (see :func:`image_scaling`)."""
+    s = settings
+    return image_scaling(preset=s.preset, image_sizes=list(s.image_sizes), steps=s.steps, repeat=s.repeat,
+                         device=s.device, dtype=s.dtype, phases=tuple(s.phases) or None,
+                         memory_fraction=s.memory_fraction, progress=progress).tables()

@@ -18,20 +18,15 @@ One model is built; each row's passes are applied once (:func:`genscope.passes.a
 inputs as example inputs so that measured decisions are made then) and the rows are switched by undoing /
 redoing their swap logs: the rows share every tensor a pass does not replace.
 
-Table 2 (Winograd, :func:`winograd_table`): per tile size, the analytical multiplication saving
-9 m^2 / (m+2)^2, tensor multiplier (m+2)^2 / m^2 and weight multiplier (m+2)^2 / 9 (the paper's Table 2
-values), the measured weight multiplier (U's bytes / the weight's), the measured tensor multiplier (peak new
-bytes of one Winograd convolution / the input's bytes, next to direct convolution's), the time relative to
-direct convolution on one SD layer shape, and the relative error per dtype and product precision with the
-oracle's verdict.
+Table 2 (Winograd, :func:`genscope.studies.winograd_table.winograd_table`): per tile size, the analytical
+multiplication saving and tensor / weight multipliers next to the paper's values and the measured ones, the
+time relative to direct convolution on one SD layer shape, and the relative error with the oracle's verdict.
 
 Pure: returns DataFrames (units in column names); no plotting, no storing.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,10 +35,12 @@ import torch
 from torch import nn
 
 from genscope.errors import UserError, choice_error
+from genscope.instrument.measure import MAX_REPS
+from genscope.instrument.measure import measure as measure_variants
 from genscope.instrument.memory import track_peak_memory
 from genscope.models.base import check_multiple, unet_downsample_factor, vae_scale_factor
 from genscope.models.layers.attention import install_attention, use_backend
-from genscope.models.runtime import check_dtype_on_device, dtype_name, parse_device, parse_dtype, synchronize
+from genscope.models.runtime import check_dtype_on_device, dtype_name, parse_device, parse_dtype
 from genscope.passes import PassConfig, SwapLog, apply
 from genscope.passes.base import model_dtype
 from genscope.passes.oracle import max_relative_error, relative_error
@@ -68,8 +65,11 @@ ROWS: tuple[Row, ...] = (
     Row("+ Winograd", ("winograd",)),
     Row("+ bf16 weights", ("bf16_weights",)),
     Row("+ channels-last", ("channels_last",)),
+    Row("+ fused QKV projection", ("fused_qkv",)),
+    Row("+ prepacked conv, fused residual, oneDNN linear", ("prepacked_conv", "onednn_linear")),
 )
-ROW_KEYS = {"softmax": 1, "fused": 2, "flash": 3, "winograd": 4, "bf16": 5, "channels-last": 6}
+ROW_KEYS = {"softmax": 1, "fused": 2, "flash": 3, "winograd": 4, "bf16": 5, "channels-last": 6, "qkv": 7,
+            "prepacked": 8}
 
 # Chen et al. 2023, Table 1 (UNet, one iteration, 512x512, Samsung S23 Ultra / iPhone 14 Pro Max):
 # latency ms, tensor MB, weight MB per row (baseline, +softmax, +GN/GELU, +flash, +Winograd).
@@ -82,8 +82,6 @@ PAPER_TABLE1 = pd.DataFrame({
 })
 # The weight growth the paper accepted for Winograd: 2093 / 1640 MB (Table 1, "+Winograd(All)" vs the row above)
 PAPER_WINOGRAD_WEIGHT_GROWTH = 2093 / 1640 - 1  # 0.276
-# Chen et al. 2023, Table 2: tile size -> (flops saving, tensor multiplier, weight multiplier)
-PAPER_TABLE2 = {2: (2.25, 4.0, 1.77), 4: (4.0, 2.25, 4.0), 6: (5.06, 1.8, 7.12), 8: (5.76, 1.56, 11.12)}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -214,7 +212,7 @@ def run_ablation(workload: str = "stable-diffusion", preset: str = "small", imag
                  dtype: str = "float32", device: str = "cpu", repeats: int = 3, rows: list[str] | None = None,
                  profile: bool = True, memory: bool = True, backend: str = "auto", guidance_scale: float = 7.5,
                  measure: bool = True, winograd_budget: float | None = PAPER_WINOGRAD_WEIGHT_GROWTH,
-                 progress: Callable[[str], None] | None = None) -> dict[str, pd.DataFrame]:
+                 progress: Callable[[str], None] | None = None, time_budget_s: float = 60.0) -> dict[str, pd.DataFrame]:
     """Table 1 for ``workload`` at ``preset``. Returns tables ``ablation``, ``class_time``, ``swaps``,
     ``oracle``, ``decisions``, ``notes``, ``settings``. ``measure=False``: the paper's rules instead of
     measured per-shape decisions (flash for head dim 40, Winograd F(4x4) everywhere). ``winograd_budget``: the
@@ -227,6 +225,11 @@ def run_ablation(workload: str = "stable-diffusion", preset: str = "small", imag
     dev = parse_device(device)
     if dev.type == "meta":
         raise UserError("the ablation measures real tensors: use --device cpu or cuda")
+    if dtype == "auto":  # the precision that measures fastest on this device (genscope.passes.auto, cached)
+        from genscope.passes.auto import resolve_dtype
+
+        dtype = resolve_dtype(dtype, config.denoiser.build("meta"), dev)
+        say(f"precision chosen by measurement: {dtype}")
     run_dtype = parse_dtype(dtype)
     check_dtype_on_device(run_dtype, dev)
     if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= 50:
@@ -268,16 +271,12 @@ def run_ablation(workload: str = "stable-diffusion", preset: str = "small", imag
     for i in range(len(chosen)):  # warm-up (one-time costs: weight reorders, first-call decisions) + error
         configs.switch(i)
         outputs[i] = step()
-    times: dict[int, list[float]] = {i: [] for i in range(len(chosen))}
-    for rep in range(repeats):
-        say(f"timing repetition {rep + 1}/{repeats}")
-        for i in range(len(chosen)):
-            configs.switch(i)
-            synchronize(dev)
-            start = time.perf_counter()
-            step()
-            synchronize(dev)
-            times[i].append((time.perf_counter() - start) * 1e3)
+    # interleaved rounds until every row's median is known to within its bound (genscope.instrument.measure);
+    # ``repeats`` is the minimum number of rounds
+    timing = measure_variants({str(i): step for i in range(len(chosen))}, device=dev, warmup=0, min_reps=repeats,
+                     max_reps=max(repeats, MAX_REPS), budget_s=time_budget_s,
+                     prepare={str(i): (lambda i=i: configs.switch(i)) for i in range(len(chosen))},
+                     progress=lambda name, rnd: say(f"timing round {rnd + 1}") if name == "0" else None)
 
     flops = step_flops(config, image_size)
     records, class_frames = [], []
@@ -295,11 +294,14 @@ def run_ablation(workload: str = "stable-diffusion", preset: str = "small", imag
             dominant, share, by = _dominant_class(step, unet, dev)
             if by is not None:
                 class_frames.append(by.assign(row=row.label))
-        med = statistics.median(times[i])
+        t = timing.row(str(i))
+        med = t["median_ms"]
         records.append({
             "row": row.label, "passes": "+".join(applied[i]) or "-", "dtype": dtype_name(model_dtype(unet)),
-            "time_ms": med, "time_min_ms": min(times[i]), "time_max_ms": max(times[i]),
-            "spread_pct": 100.0 * (max(times[i]) - min(times[i])) / med if med else 0.0,
+            "time_ms": med, "time_min_ms": t["min_ms"], "time_max_ms": t["max_ms"], "spread_pct": t["spread_pct"],
+            "ci_low_ms": t["ci_low_ms"], "ci_high_ms": t["ci_high_ms"], "ci_pct": t["ci_pct"],
+            "stable": bool(t["stable"]) and bool(timing.row("0")["stable"]),  # the row and the baseline it is to
+            "busy": timing.load.busy, "load_avg_1m": timing.load.load_avg_1m, "timed_reps": int(t["reps"]),
             "peak_tensor_mb": peak, "weight_mb": weight_bytes(unet) / 2**20,
             "max_rel_error": max_relative_error(outputs[i], reference),
             "rel_error": relative_error(outputs[i], reference),
@@ -320,7 +322,7 @@ def run_ablation(workload: str = "stable-diffusion", preset: str = "small", imag
     notes = pd.DataFrame({"note": all_logs.notes})
     configs.switch(len(chosen) - 1)
     return {"ablation": ablation, "class_time": class_time, "swaps": swaps, "oracle": all_logs.oracle_table(),
-            "decisions": decisions, "notes": notes,
+            "decisions": decisions, "notes": notes, "load": timing.load_table(),
             "settings": pd.DataFrame([{"workload": workload, "preset": preset, "image_size": image_size,
                                        "dtype": dtype_name(run_dtype), "device": str(dev), "repeats": repeats,
                                        "guidance_scale": guidance_scale, "threads": torch.get_num_threads(),
@@ -329,85 +331,61 @@ def run_ablation(workload: str = "stable-diffusion", preset: str = "small", imag
 
 
 # ----------------------------------------------------------------------------------------------------
-# Table 2: Winograd
+# the study's entry point (genscope.studies.registry): Table 1 and / or Table 2
 # ----------------------------------------------------------------------------------------------------
-def representative_layer(config, image_size: int) -> tuple[int, int]:
-    """(channels, latent size) of the UNet's first-level 3x3 convolutions at ``image_size``."""
-    latent = check_image_size(config, image_size)
-    return int(config.denoiser["block_out_channels"][0]), latent
+@dataclass(frozen=True)
+class Settings:
+    """``rows`` empty: every row; ``image_size`` None: the preset's; ``winograd_budget`` None: no limit."""
+
+    workload: str = "stable-diffusion"
+    preset: str = "small"
+    image_size: int | None = None
+    dtype: str = "float32"
+    device: str = "cpu"
+    ablation: bool = True
+    winograd_table: bool = False
+    rows: tuple[str, ...] = ()
+    repeat: int = 3
+    backend: str = "auto"
+    profile: bool = True
+    memory: bool = True
+    measure: bool = True
+    winograd_budget: float | None = 0.276  # PAPER_WINOGRAD_WEIGHT_GROWTH to 3 digits (`optimize`'s default)
+
+    def __post_init__(self) -> None:
+        if self.workload not in WORKLOADS:  # the model first: it is the command's one positional argument
+            raise choice_error("workload for optimize", self.workload, WORKLOADS)
+        if not (self.ablation or self.winograd_table):
+            raise UserError("say what to run: --ablation (Table 1) and/or --winograd-table (Table 2)")
+        from genscope.models.stable_diffusion import PRESETS
+
+        if self.preset not in PRESETS.names():
+            raise choice_error("preset", self.preset, PRESETS.names())
+        config = preset_config(self.workload, self.preset)
+        check_image_size(config, self.image_size or config.image_size)
+        dt = torch.float32 if self.dtype == "auto" else parse_dtype(self.dtype)  # auto: measured in the study
+        check_dtype_on_device(dt, parse_device(self.device))
+        if isinstance(self.repeat, bool) or not isinstance(self.repeat, int) or not 1 <= self.repeat <= 50:
+            raise UserError(f"--repeat {self.repeat} is out of range: accepted 1 to 50")
+        if self.backend not in ("auto", "torch", "triton"):
+            raise choice_error("kernel backend", self.backend, ("auto", "torch", "triton"))
+        if self.winograd_budget is not None and not 0 <= self.winograd_budget < float("inf"):
+            raise UserError(f"--winograd-budget {self.winograd_budget!r} is out of range; accepted: a fraction "
+                            ">= 0, or none")
+        if self.rows:
+            select_rows(list(self.rows), dt)  # validates the names
 
 
-def winograd_table(workload: str = "stable-diffusion", preset: str = "small", image_size: int | None = None,
-                   device: str = "cpu", repeats: int = 3, dtypes: tuple[str, ...] = ("float32", "bfloat16", "float16"),
-                   tiles: tuple[int, ...] = (2, 4, 6, 8)) -> dict[str, pd.DataFrame]:
-    """Table 2: ``winograd`` (one row per tile: analytical and measured multipliers, time vs direct) and
-    ``winograd_error`` (tile x dtype x product precision x transforms: error, direct's error, oracle)."""
-    import torch.nn.functional as F
+def run(settings: Settings, *, progress: Callable[[str], None] | None = None) -> dict[str, pd.DataFrame]:
+    s = settings
+    image_size = s.image_size or preset_config(s.workload, s.preset).image_size
+    tables: dict[str, pd.DataFrame] = {}
+    if s.ablation:
+        tables.update(run_ablation(s.workload, s.preset, image_size, s.dtype, s.device, repeats=s.repeat,
+                                   rows=list(s.rows) or None, profile=s.profile, memory=s.memory, backend=s.backend,
+                                   measure=s.measure, winograd_budget=s.winograd_budget, progress=progress))
+    if s.winograd_table:
+        from genscope.studies.winograd_table import winograd_table
 
-    from genscope.passes.decisions import measure_interleaved
-    from genscope.passes.kernels import cpu as kcpu
-    from genscope.passes.kernels import winograd_math as wm
-    from genscope.passes.winograd import Variant, winograd_oracle
-
-    config = preset_config(workload, preset)
-    image_size = image_size or config.image_size
-    channels, latent = representative_layer(config, image_size)
-    dev = parse_device(device)
-    gen = torch.Generator("cpu").manual_seed(0)
-    x = torch.randn(2, channels, latent, latent, generator=gen).to(dev)
-    w = (torch.randn(channels, channels, 3, 3, generator=gen) / (9 * channels) ** 0.5).to(dev)
-    b = torch.zeros(channels, device=dev)
-    implemented = [m for m in tiles if m in wm.TILES]
-    us = {m: kcpu.winograd_weight(w, m) for m in implemented}
-    fns = {"direct": lambda: F.conv2d(x, w, b, padding=1)}
-    fns.update({f"F{m}": (lambda m=m: kcpu.winograd_conv2d(x, us[m], b, m)) for m in implemented})
-    times = measure_interleaved(fns, repeats=repeats, warmup=1, device=dev)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    input_bytes = x.numel() * x.element_size()
-
-    def peak_of(fn) -> int:
-        with torch.inference_mode(), track_peak_memory(dev) as stats:
-            fn()
-        return stats.peak_bytes
-
-    direct_peak = peak_of(fns["direct"])
-    rows = []
-    for m in tiles:
-        paper = PAPER_TABLE2.get(m, (float("nan"),) * 3)
-        row = {"tile": f"{m}x{m}", "m": m, "flops_saving": wm.flops_saving(m), "paper_flops_saving": paper[0],
-               "tensor_multiplier": wm.tensor_multiplier(m), "paper_tensor_multiplier": paper[1],
-               "weight_multiplier": wm.weight_multiplier(m), "paper_weight_multiplier": paper[2],
-               "implemented": m in implemented}
-        if m in implemented:
-            peak = peak_of(fns[f"F{m}"])
-            row.update({
-                "measured_weight_multiplier": us[m].numel() * us[m].element_size() / (w.numel() * w.element_size()),
-                "measured_peak_tensor_multiplier": peak / input_bytes,
-                "direct_peak_tensor_multiplier": direct_peak / input_bytes,
-                "time_ms": med[f"F{m}"], "direct_time_ms": med["direct"],
-                "speedup_vs_direct": med["direct"] / med[f"F{m}"],
-            })
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    table["layer"] = f"[2, {channels}, {latent}, {latent}] -> {channels} channels, 3x3"
-
-    errors = []
-    for dname in dtypes:
-        dt = parse_dtype(dname)
-        try:
-            check_dtype_on_device(dt, dev)
-        except UserError:
-            continue
-        for m in implemented:
-            products = ("model",) + (("float32",) if dt != torch.float32 else ())
-            points = ("accurate", "lavin") if m == 4 else ("accurate",)
-            for product in products:
-                for variant in points:
-                    r = winograd_oracle(m, dt, dev, product=product, variant=variant)
-                    errors.append({"tile": f"{m}x{m}", "dtype": dname, "product": product,
-                                   "points": "Lavin & Gray" if variant == "lavin" or m == 2 else
-                                   ("0, ±3/2, ±2/3" if m == 4 else "wincnn default"),
-                                   "variant": Variant(m, product).name, "rel_error": r.error,
-                                   "direct_rel_error": r.baseline_error, "error_ratio": r.error / r.baseline_error,
-                                   "oracle_ok": r.ok})
-    return {"winograd": table, "winograd_error": pd.DataFrame(errors)}
+        tables.update(winograd_table(s.workload, s.preset, image_size, s.device, repeats=s.repeat))
+    return tables

@@ -120,8 +120,9 @@ def _check(repeat: int, device: str, dtype: str) -> tuple[torch.device, torch.dt
 
 def memory_budget(device: torch.device, fraction: float = 0.25) -> float:
     from genscope.studies.image_scaling import available_bytes
+    from genscope.validate import check_fraction
 
-    return fraction * available_bytes(device)
+    return check_fraction("memory fraction", fraction) * available_bytes(device)
 
 
 def time_shapes(shapes: pd.DataFrame, *, repeat: int = 5, device: str = "cpu", dtype: str = "float32",
@@ -321,3 +322,50 @@ def prefill_decode(models: list[str] | None = None, preset: str = "small", key_l
     timed = time_shapes(chosen, repeat=repeat, device=device, dtype=dtype, progress=progress)
     full = fill_untimed(shapes, timed)
     return PrefillDecodeResult(sweep_df, full, workload_summary(full), skipped)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the study's entry point (genscope.studies.registry)
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Settings:
+    """``workloads`` empty: every workload (``sweep_only``: none); ``query_lens`` empty: 1, 2, 4, ... key_len."""
+
+    workloads: tuple[str, ...] = ()
+    preset: str = "small"
+    key_len: int = 2048
+    query_lens: tuple[int, ...] = ()
+    heads: int = 8
+    head_dim: int = 64
+    repeat: int = 5
+    device: str = "cpu"
+    dtype: str = "float32"
+    trace_device: str = "meta"
+    max_shapes: int = 16
+    sweep: bool = True
+    sweep_only: bool = False
+
+    def __post_init__(self) -> None:
+        from genscope.workloads import registry
+
+        for name in self.workloads:
+            registry.get(name)
+        for what in ("key_len", "heads", "head_dim", "max_shapes"):
+            value = getattr(self, what)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"--{what.replace('_', '-')} must be a positive integer, got {value!r}")
+        bad = [v for v in self.query_lens if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+        if bad:
+            raise UserError(f"query lengths must be positive integers, got {bad}")
+        object.__setattr__(self, "query_lens", tuple(dict.fromkeys(self.query_lens)))
+        _check(self.repeat, self.device, self.dtype)
+
+
+def run(settings: Settings, *, progress=None) -> dict[str, pd.DataFrame]:
+    """Tables ``sweep``, ``shapes``, ``workloads``, ``skipped`` (see :func:`prefill_decode`)."""
+    s = settings
+    models = [] if s.sweep_only else (list(s.workloads) or None)
+    return prefill_decode(models, preset=s.preset, key_len=s.key_len, query_lens=list(s.query_lens) or None,
+                          heads=s.heads, head_dim=s.head_dim, repeat=s.repeat, device=s.device, dtype=s.dtype,
+                          trace_device=s.trace_device, max_shapes=s.max_shapes, sweep=s.sweep,
+                          progress=progress).tables()

@@ -142,3 +142,40 @@ def run_roofline(workloads: list[str], *, preset: str = "paper", spec: str = DEF
         "devices": devices_table(ceilings, dtype),
         "workloads": pd.DataFrame([workload_row(r) for r in results]),
     })
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the study's entry point (genscope.studies.registry)
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Settings:
+    workloads: tuple[str, ...]
+    preset: str = "paper"
+    device_spec: str = DEFAULT_SPEC
+    dtype: str = "float16"
+    measured: bool = True  # also this machine's measured ceilings
+
+    def __post_init__(self) -> None:
+        from genscope.errors import UserError
+        from genscope.models.runtime import dtype_name, parse_dtype
+        from genscope.workloads import registry
+
+        if not self.workloads:
+            raise UserError("roofline: give at least one workload")
+        for name in self.workloads:
+            registry.get(name)
+        get_spec(self.device_spec).peak(dtype_name(parse_dtype(self.dtype)))  # unknown spec or dtype: UserError
+
+
+def stored_inputs(settings: Settings, store) -> dict:
+    """Stored meta counts of the workloads in the study's dtype (bytes depend on it)."""
+    from genscope.studies.flops import stored_count
+
+    counts = {n: stored_count(store, n, settings.preset, settings.dtype) for n in settings.workloads}
+    return {"counts": {n: c for n, c in counts.items() if c is not None}}
+
+
+def run(settings: Settings, *, counts: dict[str, FlopsResult] | None = None) -> dict[str, pd.DataFrame]:
+    """The roofline tables; ``counts`` (name -> FlopsResult in ``settings.dtype``) reused, the rest counted."""
+    return run_roofline(list(settings.workloads), preset=settings.preset, spec=get_spec(settings.device_spec).name,
+                        dtype=settings.dtype, measured=settings.measured, flops_results=counts).tables

@@ -102,3 +102,38 @@ def sequence_lengths(model: str, preset: str = "paper", image_sizes: list[int] |
                         "trace_s": round(trace.wall_s, 3)})
     return SeqLenResult(pd.concat(periods, ignore_index=True), pd.concat(dists, ignore_index=True),
                         pd.DataFrame(summary), traces)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the study's entry point (genscope.studies.registry)
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Settings:
+    """``image_sizes`` empty: the preset's size; ``phase`` None: the first looped phase."""
+
+    workload: str
+    preset: str = "paper"
+    image_sizes: tuple[int, ...] = ()
+    device: str = "meta"
+    dtype: str = "float32"
+    steps: int | None = None
+    decode_tokens: int | None = None
+    all_steps: bool = False
+    phase: str | None = None
+
+    def __post_init__(self) -> None:
+        from genscope.workloads import registry
+
+        registry.get(self.workload)
+        bad = [v for v in self.image_sizes if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+        if bad:
+            raise UserError(f"image sizes must be positive integers, got {bad}")
+        object.__setattr__(self, "image_sizes", tuple(dict.fromkeys(self.image_sizes)))
+
+
+def run(settings: Settings) -> dict[str, pd.DataFrame]:
+    """Tables ``period`` (Figure 8), ``distribution`` (Figure 9) and ``summary``."""
+    s = settings
+    return sequence_lengths(s.workload, preset=s.preset, image_sizes=list(s.image_sizes) or None, device=s.device,
+                            dtype=s.dtype, steps=s.steps, decode_tokens=s.decode_tokens, all_steps=s.all_steps,
+                            phase=s.phase).tables()

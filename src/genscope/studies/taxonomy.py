@@ -14,7 +14,12 @@ Architecture rows (Table I's rows, from the built model and its spec):
   Channels" for Stable Diffusion, 8, is SD 1.5's ``attention_head_dim``, which diffusers uses as the number
   of heads: the per-head channels are 40/80/160); ``text_embed_dim`` is the text encoder's width (Table I's
   "Embed Dim" 768 for Stable Diffusion) and ``cross_attn_dim`` the width the UNet's cross-attention takes.
-* Transformers: ``layers``, ``model_dim``, ``heads``, ``head_channels`` from the spec.
+* Transformers: ``layers``, ``model_dim``, ``heads``, ``head_channels`` from the spec (encoder + decoder layers
+  for an encoder-decoder such as Parti, ``layers_parts`` = "16 + 64").
+* ``network_params``: the networks the paper's "Num Params" counts (``taxonomy_paper.NETWORK_COMPONENTS``),
+  next to ``params`` (the whole pipeline); ``cross_attn_*``: levels with text cross-attention.
+
+Table ``table_i`` lines these up with the paper's Table I, row by row (:mod:`genscope.studies.taxonomy_paper`).
 
 System classes (Low / Medium / High), with the thresholds stated in the ``thresholds`` table:
 
@@ -26,12 +31,15 @@ System classes (Low / Medium / High), with the thresholds stated in the ``thresh
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
 from torch import nn
 
+from genscope.errors import UserError
+from genscope.studies.taxonomy_paper import ENCODER_DECODER_LAYERS, NETWORK_COMPONENTS, PAPER_TABLE_I, align
 from genscope.workloads import registry
 
 STUDY = "taxonomy"
@@ -47,19 +55,8 @@ THRESHOLDS = (
 )
 NOT_MEASURED = "not measured"
 
-# Table I of the paper (Golden et al., genai-beyond-llms-v2.txt, "TABLE I: Taxonomy of Text-to-Image Models").
-PAPER_TABLE_I: dict[str, dict[str, object]] = {
-    "imagen": {"architecture": "Diffusion (Pixel)", "params": "3B", "attn_res": "[32,16,8]",
-               "channel_mult": "[1,2,4,4]", "res_blocks": 3, "head_channels": 64, "embed_dim": 512,
-               "compute": "High", "memory": "Medium", "latency": "High"},
-    "stable-diffusion": {"architecture": "Diffusion (Latent)", "params": "1.45B", "attn_res": "[4, 2, 1]",
-                         "channel_mult": "[1,2,4,4]", "res_blocks": 2, "head_channels": 8, "embed_dim": 768,
-                         "compute": "Medium", "memory": "Low", "latency": "Medium"},
-    "muse": {"architecture": "Transformer", "params": "3B", "layers": 48, "model_dim": 2048,
-             "compute": "Low", "memory": "Low", "latency": "Low"},
-    "parti": {"architecture": "Transformer", "params": "20B", "layers": 80, "model_dim": 4096,
-              "compute": "Low", "memory": "High", "latency": "Medium"},
-}
+# Table I of the paper, typed from it, and its row-by-row alignment: genscope.studies.taxonomy_paper.
+CLASS_ROWS = {"compute": "Compute", "memory": "Memory", "latency": "Latency"}
 
 
 def classify(value: float | None, low_below: float, high_from: float) -> str:
@@ -112,16 +109,20 @@ def _unique(values) -> list:
 def describe_unet(module: nn.Module) -> dict:
     config = module.config
     channels = list(config.block_out_channels)
-    levels = []
+    levels, cross_levels = [], []
     for i, block in enumerate(module.down_blocks):
         if _attention_modules(block):
             levels.append(i)
+        if any(getattr(m, "is_cross_attention", False) for m in block.modules()):  # diffusers Attention
+            cross_levels.append(i)
     sample = int(config.sample_size if not isinstance(config.sample_size, (list, tuple)) else config.sample_size[0])
     spatial = [a for a in _attention_modules(module) if not any(k in a[0] for k in ("temp_attentions", "transformer_in"))]
     layers = config.layers_per_block
     return {
         "attn_downsample_factors": [2**i for i in reversed(levels)],
         "attn_resolutions": [sample // 2**i for i in levels],
+        "cross_attn_downsample_factors": [2**i for i in reversed(cross_levels)],  # Table I "Text Cross Attn Res"
+        "cross_attn_resolutions": [sample // 2**i for i in cross_levels],
         "channel_mult": [c // channels[0] for c in channels] if all(c % channels[0] == 0 for c in channels)
         else [round(c / channels[0], 2) for c in channels],
         "model_channels": channels[0],
@@ -161,6 +162,14 @@ def describe_workload(name: str, preset: str = "paper") -> dict:
     text = specs.get("text_encoder")
     if text is not None:
         row["text_embed_dim"] = _first(text.get, "hidden_size", "d_model", "n_embd")
+    # the networks the paper's "Num Params" counts (default: the main network), next to the pipeline's count
+    counted = [c for c in components if c.name in NETWORK_COMPONENTS.get(name, (main.name,))] or [main]
+    row["network_params"] = sum(c.params for c in counted)
+    row["network_components"] = " + ".join(c.name for c in counted)
+    parts = ENCODER_DECODER_LAYERS.get(name)
+    if parts and all(p in specs for p in parts):  # e.g. Parti: encoder + decoder layers
+        counts = [int(_first(specs[p].get, "num_hidden_layers", "num_layers", "n_layer")) for p in parts]
+        row["layers"], row["layers_parts"] = sum(counts), " + ".join(str(c) for c in counts)
     row["param_bytes_fp16"] = row["params"] * FP16_BYTES
     del components
     return row
@@ -178,7 +187,7 @@ def _lists_to_text(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-INTEGER_COLUMNS = ("params", "main_params", "layers", "model_dim", "model_channels", "res_blocks", "text_embed_dim",
+INTEGER_COLUMNS = ("params", "network_params", "main_params", "layers", "model_dim", "model_channels", "res_blocks", "text_embed_dim",
                    "cross_attn_dim", "param_bytes_fp16")
 
 
@@ -198,8 +207,10 @@ def taxonomy_table(workloads: list[str], flops_per_image: dict[str, float], late
             row["memory_class"] = classify(row["param_bytes_fp16"], m_lo, m_hi)
             row["latency_class"] = classify(latency, l_lo, l_hi)
             rows.append(row)
-    columns = ["workload", "paper_model", "architecture", "params", "main_component", "main_class", "main_params",
-               "layers", "model_dim", "attn_downsample_factors", "attn_resolutions", "channel_mult", "model_channels",
+    columns = ["workload", "paper_model", "architecture", "params", "network_params", "network_components",
+               "main_component", "main_class", "main_params", "layers", "layers_parts", "model_dim",
+               "attn_downsample_factors", "attn_resolutions", "cross_attn_downsample_factors",
+               "cross_attn_resolutions", "channel_mult", "model_channels",
                "res_blocks", "heads", "head_channels", "text_embed_dim", "cross_attn_dim", "flops_per_image",
                "param_bytes_fp16", "latency_small_s", "compute_class", "memory_class", "latency_class"]
     table = pd.DataFrame(rows)
@@ -209,10 +220,73 @@ def taxonomy_table(workloads: list[str], flops_per_image: dict[str, float], late
         published = PAPER_TABLE_I.get(r["workload"])
         if published is None:
             continue
-        for axis in ("compute", "memory", "latency"):
-            paper_rows.append({"workload": r["workload"], "axis": axis, "paper": published[axis],
+        for axis, paper_row in CLASS_ROWS.items():
+            paper_rows.append({"workload": r["workload"], "axis": axis, "paper": published[paper_row],
                                "derived": r[f"{axis}_class"],
                                "agrees": None if r[f"{axis}_class"] == NOT_MEASURED
-                               else published[axis] == r[f"{axis}_class"]})
-    return {"taxonomy": _lists_to_text(table), "thresholds": thresholds_table(),
+                               else published[paper_row] == r[f"{axis}_class"]})
+    return {"taxonomy": _lists_to_text(table), "table_i": align(table), "thresholds": thresholds_table(),
             "paper": pd.DataFrame(paper_rows, columns=["workload", "axis", "paper", "derived", "agrees"])}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the study's entry point (genscope.studies.registry)
+# ---------------------------------------------------------------------------------------------------------
+COUNT_DTYPE = "float16"  # FLOPs do not depend on the dtype; a count in any dtype is reused
+
+
+@dataclass(frozen=True)
+class Settings:
+    workloads: tuple[str, ...]
+    preset: str = "paper"
+    latency_preset: str = "small"  # preset of the stored measured runs that give the latency class
+
+    def __post_init__(self) -> None:
+        if not self.workloads:
+            raise UserError("taxonomy: give at least one workload")
+        for name in self.workloads:
+            registry.get(name)
+
+
+def stored_latency_s(store, workload: str, preset: str = "small") -> float | None:
+    """End-to-end seconds of the newest stored measured run of ``workload`` at ``preset``, if any.
+
+    Looks at ``breakdown`` runs (table ``speedup``: ``flash_ms``, the default backend) and ``profile`` runs
+    (table ``phase_time``: the sum of the phases), newest first. ``store``: a ResultsStore or None.
+    """
+    if store is None:
+        return None
+    candidates = [r for r in (store.latest(s, workload=workload, preset=preset) for s in ("breakdown", "profile"))
+                  if r is not None]
+    for record in sorted(candidates, key=lambda r: r.id or 0, reverse=True):
+        speedup = record.tables.get("speedup")
+        if speedup is not None and "flash_ms" in speedup.columns:
+            rows = speedup[speedup["workload"] == workload] if "workload" in speedup.columns else speedup
+            if len(rows):
+                return float(rows["flash_ms"].iloc[-1]) / 1e3
+        phase_time = record.tables.get("phase_time")
+        if phase_time is not None and "time_ms" in phase_time.columns and len(phase_time):
+            return float(phase_time["time_ms"].sum()) / 1e3
+    return None
+
+
+def stored_inputs(settings: Settings, store) -> dict:
+    """What earlier runs in ``store`` give this study: FLOP counts (any dtype) and measured latencies."""
+    from genscope.studies.flops import stored_count
+
+    counts = {n: stored_count(store, n, settings.preset) for n in settings.workloads}
+    return {"counts": {n: c for n, c in counts.items() if c is not None},
+            "latency_s": {n: stored_latency_s(store, n, settings.latency_preset) for n in settings.workloads}}
+
+
+def run(settings: Settings, *, counts: Mapping | None = None,
+        latency_s: Mapping[str, float | None] | None = None) -> dict[str, pd.DataFrame]:
+    """Table I; ``counts`` (name -> FlopsResult) are reused, the others counted on the meta device."""
+    from genscope.studies.flops import count_workload
+
+    counts = dict(counts or {})
+    for name in settings.workloads:
+        if name not in counts:
+            counts[name] = count_workload(name, settings.preset, dtype=COUNT_DTYPE)
+    flops = {n: float(counts[n].summary["flops_per_image"]) for n in settings.workloads}
+    return taxonomy_table(list(settings.workloads), flops, dict(latency_s or {}), preset=settings.preset)

@@ -1,7 +1,8 @@
 """The suite: the paper's eight workloads by name.
 
 Each entry is ``name -> "module:Class"``; modules are imported on first use so that ``genscope models``
-and ``--help`` stay fast. A workload whose module is not in this checkout yet is simply not listed.
+and ``--help`` stay fast. A workload module that fails to import is an error with its traceback (never a
+silently missing workload).
 """
 
 from __future__ import annotations
@@ -25,29 +26,30 @@ SUITE: dict[str, str] = {
     "make-a-video": "genscope.workloads.make_a_video:MakeAVideo",
     "phenaki": "genscope.workloads.phenaki:Phenaki",
 }
+# After the paper: diffusion transformers (by name; not part of the default suite that studies iterate).
+AFTER_PAPER: dict[str, str] = {
+    "flux": "genscope.workloads.flux:Flux",
+    "sd3": "genscope.workloads.sd3:SD3",
+    "wan": "genscope.workloads.wan:Wan",
+    "cogvideox": "genscope.workloads.cogvideox:CogVideoX",
+    "hunyuan-video": "genscope.workloads.hunyuan_video:HunyuanVideo",
+}
 
 _CACHE: dict[str, Workload] = {}
 
 
-def _load(name: str) -> Workload | None:
+def _load(name: str) -> Workload:
     if name not in _CACHE:
-        module_name, class_name = SUITE[name].split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                return None
-            raise
-        _CACHE[name] = getattr(module, class_name)()
+        module_name, class_name = {**SUITE, **AFTER_PAPER}[name].split(":")
+        _CACHE[name] = getattr(importlib.import_module(module_name), class_name)()
     return _CACHE[name]
 
 
 def available() -> list[str]:
-    return [name for name in SUITE if _load(name) is not None]
+    return list(SUITE)
 
 
 def get(name: str) -> Workload:
-    workload = _load(name) if name in SUITE else None
-    if workload is None:
-        raise choice_error("model", name, available())
-    return workload
+    if name not in SUITE and name not in AFTER_PAPER:
+        raise choice_error("model", name, available() + list(AFTER_PAPER))
+    return _load(name)

@@ -1,0 +1,127 @@
+"""The characterization plan: which studies ``genscope characterize`` runs, with which settings, as data.
+
+A plan is a list of :class:`PlanTask` - a study name (a key of :data:`genscope.studies.registry.STUDIES`), the
+workload its run is stored under, and the study's settings as a plain dict - built by :func:`build_plan`. An
+executor (:mod:`genscope.commands.executors`) runs the tasks; only the driver process stores them.
+
+Plans (``studies``):
+
+* ``breakdown``: the operator breakdown of every workload (baseline vs flash attention);
+* ``analytical``: paper-scale FLOPs, sequence lengths, the attention-memory model, Table I and the roofline on
+  the meta device - seconds per workload, no weights;
+* ``all``: both, plus the measured studies (image scaling, prefill vs decode, the temporal split and frames
+  sweep, the optimization ablation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from genscope.errors import choice_error
+
+PLANS = ("all", "breakdown", "analytical")
+
+# Settings used per workload by the default characterization (small preset): step and token counts are
+# reduced so the whole suite fits in minutes on 2 CPU cores. Per-step costs are unchanged; per-phase
+# tables let a reader scale the denoise/decode phases to the full counts.
+CHARACTERIZE_OVERRIDES: dict[str, dict] = {
+    "stable-diffusion": {"steps": 8},
+    "prod-image": {"steps": 4},
+    "imagen": {"steps": 2},
+    "make-a-video": {"steps": 4},
+    "muse": {"steps": 8},
+    "phenaki": {"steps": 6},
+    "parti": {"image_size": 64},  # 8x8 = 64 image tokens decoded one at a time (128 px: 256)
+    "llama": {"decode_tokens": 32},
+}
+# One token is one period of an autoregressive workload, and a shape-only trace still runs every decode step:
+# their seqlen trace runs at the plan's preset, at most ``small`` (a paper-scale decode loop - Parti's 1024
+# tokens of a 20B model - takes many minutes even on the meta device; the pattern of Figure 8, a key length
+# growing by one per token, is the same at any scale).
+AUTOREGRESSIVE = ("llama", "parti")
+AUTOREGRESSIVE_SEQLEN_PRESETS = ("tiny", "small")
+SEQLEN_SIZES = (64, 128, 256, 512, 1024)  # Figure 9's image sizes
+MEMORY_MODEL_WORKLOADS = ("stable-diffusion", "imagen")
+
+
+@dataclass(frozen=True)
+class PlanTask:
+    """One study run: stored as ``study`` / ``workload`` / ``preset`` / ``settings`` / ``device`` / ``dtype``."""
+
+    study: str
+    workload: str
+    settings: dict[str, Any] = field(hash=False)
+    preset: str
+    device: str
+    dtype: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.study}: {self.workload}"
+
+
+def task(study: str, workload: str | None = None, **settings: Any) -> PlanTask:
+    """A task whose settings are validated now (``Settings(**settings)``), with the record's fields from them."""
+    from dataclasses import fields
+
+    from genscope.studies import registry
+
+    if workload is not None and "workload" in {f.name for f in fields(registry.get(study).Settings)}:
+        settings.setdefault("workload", workload)
+    s = registry.make_settings(study, settings)
+    preset, device, dtype = registry.record_fields(study, s)
+    values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(s).items()}
+    return PlanTask(study, workload or getattr(s, "record_workload", None) or getattr(s, "workload", "suite"),
+                    values, preset, device, dtype)
+
+
+def analytical_tasks(workloads: list[str], preset: str) -> list[PlanTask]:
+    tasks = [task("flops", workload=w, preset="paper") for w in workloads]
+    decode_preset = preset if preset in AUTOREGRESSIVE_SEQLEN_PRESETS else "small"
+    tasks += [task("seqlen", workload=w, preset=decode_preset if w in AUTOREGRESSIVE else "paper") for w in workloads]
+    if "stable-diffusion" in workloads:
+        tasks.append(task("seqlen", workload="stable-diffusion", preset="paper", image_sizes=SEQLEN_SIZES))
+    tasks += [task("memory-model", workload=w, preset="paper") for w in MEMORY_MODEL_WORKLOADS if w in workloads]
+    tasks.append(task("taxonomy", "suite", workloads=workloads))
+    # the roofline's counts are in its dtype (bytes depend on it); stored as flops runs of their own
+    tasks += [task("flops", workload=w, preset="paper", dtype="float16") for w in workloads]
+    tasks.append(task("roofline", "suite", workloads=workloads))
+    return tasks
+
+
+def measured_tasks(workloads: list[str], preset: str) -> list[PlanTask]:
+    tasks = []
+    if "stable-diffusion" in workloads:
+        tasks.append(task("image-scaling", "stable-diffusion", preset=preset, image_sizes=(64, 128, 256), steps=1,
+                          repeat=1, phases=("denoise",)))
+    tasks.append(task("prefill-decode", ",".join(workloads), workloads=workloads, preset=preset, repeat=2,
+                      max_shapes=4))
+    if "make-a-video" in workloads:
+        tasks.append(task("temporal", part="split", workload="make-a-video", preset=preset, repeat=1, steps=1))
+        tasks.append(task("temporal", part="sweep", frames=(2, 4, 8, 16, 32, 64), image_sizes=(32, 64), repeat=1))
+    if "stable-diffusion" in workloads:
+        tasks.append(task("optimization", "stable-diffusion", preset=preset, ablation=True, winograd_table=True,
+                          repeat=2))
+    return tasks
+
+
+def breakdown_tasks(workloads: list[str], preset: str, repeat: int, mode: str, device: str, dtype: str
+                    ) -> list[PlanTask]:
+    return [task("breakdown", workload=w, preset=preset, repeat=repeat, mode=mode, device=device, dtype=dtype,
+                 **(CHARACTERIZE_OVERRIDES.get(w, {}) if preset == "small" else {})) for w in workloads]
+
+
+def build_plan(workloads: list[str], *, studies: str = "all", preset: str = "small", repeat: int = 2,
+               mode: str = "trace", device: str = "cpu", dtype: str = "float32") -> list[PlanTask]:
+    """The plan ``studies`` (one of :data:`PLANS`) over ``workloads``; every task's settings validated."""
+    if studies not in PLANS:
+        raise choice_error("plan", studies, PLANS)
+    tasks: list[PlanTask] = []
+    if studies in ("all", "breakdown"):
+        tasks += breakdown_tasks(workloads, preset, repeat, mode, device, dtype)
+    if studies in ("all", "analytical"):
+        tasks += analytical_tasks(workloads, preset)
+    if studies == "all":
+        tasks += measured_tasks(workloads, preset)
+    return tasks

@@ -14,7 +14,17 @@ import math
 
 import pandas as pd
 
-from genscope.report.sections import caption, figure_to_img, new_figure, paragraph, section, table_html
+from genscope.report.sections import (
+    caption,
+    details,
+    esc,
+    figure_to_img,
+    new_figure,
+    paragraph,
+    section,
+    table_html,
+    verdict_caption,
+)
 from genscope.results.store import ResultsStore, RunRecord
 from genscope.workloads.registry import SUITE
 
@@ -107,7 +117,9 @@ def flops_section(store: ResultsStore) -> list[str]:
     out.append(caption(records))
     img = flops_class_figure(records)
     if img:
-        out += [img, caption(records)]
+        out += [img, caption(records, "Share of each workload's counted FLOPs per operator class at the paper "
+                                      "preset. No figure of the paper mirrors it (Section II-C discusses FLOPs "
+                                      "per image); the arithmetic-intensity findings use these counts")]
     phase_rows = []
     for r in records:
         ph = r.tables.get("phases")
@@ -126,31 +138,53 @@ def flops_section(store: ResultsStore) -> list[str]:
 # ----------------------------------------------------------------------------------------------------
 # Table I
 # ----------------------------------------------------------------------------------------------------
+AGREES_TEXT = {True: "agrees", False: "differs", None: "-"}
+
+
+def table_one(table_i: pd.DataFrame) -> str:
+    """Table I in the paper's layout: per row and model, the paper's value, genscope's, agree/differ, why."""
+    rows = []
+    for r in table_i.itertuples():
+        agrees = None if r.agrees is None or (isinstance(r.agrees, float) and math.isnan(r.agrees)) else bool(r.agrees)
+        cls = {True: "v0", False: "v2", None: "v4"}[agrees]
+        rows.append(f"<tr><td>{esc(r.row)}</td><td>{esc(r.workload)}</td><td>{esc(r.paper)}</td>"
+                    f"<td>{esc(r.genscope)}</td><td class=\"verdict {cls}\">{AGREES_TEXT[agrees]}</td>"
+                    f"<td>{esc(r.why)}</td></tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("Table I row", "model", "paper (Table I)", "genscope (derived)",
+                                             "agree?", "why they differ"))
+    return (f'<table class="data findings"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
+
+
 @section("taxonomy", title="Table I: taxonomy of the suite", order=21, fill_command="genscope taxonomy")
 def taxonomy_section(store: ResultsStore) -> list[str]:
     record = store.latest("taxonomy")
     if record is None or "taxonomy" not in record.tables:
         return []
+    out = [paragraph("The paper's Table I (Golden et al. v2) row by row: its value, in its units, next to the value "
+                     "genscope derives from the paper-scale config of the open model that stands in for it, and "
+                     "why they differ where they do. Num Params: the networks the paper counts (cascade UNets for "
+                     "Imagen, encoder + decoder for Parti) next to the whole pipeline; Attn Res: feature-map sizes "
+                     "for Imagen, downsampling factors for Stable Diffusion, as the paper writes them. Compute / "
+                     "memory / latency classes follow genscope's stated thresholds (below).")]
+    table_i = record.tables.get("table_i")
+    if table_i is not None and len(table_i):
+        out += [table_one(table_i), verdict_caption(store, record, "Table I, aligned.", "Golden et al. Table I",
+                                                    "table1-classes")]
     table = record.tables["taxonomy"].copy()
-    if "params" in table.columns:
-        table["params"] = table["params"].map(lambda p: f"{p / 1e9:.2f}B")
+    for col in ("params", "network_params", "main_params"):
+        if col in table.columns:
+            table[col] = table[col].map(lambda p: "" if pd.isna(p) else f"{p / 1e9:.2f}B")
     if "flops_per_image" in table.columns:
         table["flops_per_image"] = table["flops_per_image"].map(
             lambda x: "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x / 1e12:,.1f} TFLOP")
     if "param_bytes_fp16" in table.columns:
         table["param_bytes_fp16"] = table["param_bytes_fp16"].map(lambda x: f"{x / 1e9:,.1f} GB")
-    drop = [c for c in ("paper_model", "main_params", "cross_attn_dim") if c in table.columns]
+    drop = [c for c in ("paper_model", "cross_attn_dim") if c in table.columns]
     wide = table.drop(columns=drop).set_index("workload").T.reset_index().rename(columns={"index": "row"})
-    out = [paragraph("The paper's Table I generated from each workload's paper-scale config (the main network: "
-                     "base UNet or token transformer). attn_downsample_factors is how the paper writes Stable "
-                     "Diffusion's attention resolutions ([4, 2, 1]); attn_resolutions how it writes Imagen's "
-                     "([32, 16, 8]). Table I's per-head channels for Stable Diffusion (8) is SD 1.5's number of "
-                     "heads."), table_html(wide, float_format="{:,.0f}"), caption(record)]
+    out.append(details("Every derived value, the whole suite", table_html(wide, float_format="{:,.0f}")
+                       + caption(record)))
     if "thresholds" in record.tables:
-        out += ["<h3>Class thresholds</h3>", table_html(record.tables["thresholds"], float_format="{:g}")]
-    paper = record.tables.get("paper")
-    if paper is not None and len(paper):
-        out += ["<h3>Paper vs derived classes</h3>", table_html(paper)]
+        out.append(details("Class thresholds", table_html(record.tables["thresholds"], float_format="{:g}")))
     return out
 
 
@@ -204,8 +238,13 @@ def roofline_section(store: ResultsStore) -> list[str]:
                      "unfused execution (every op reads its inputs and writes its outputs).")]
     for definition in ("params", "moved"):
         img = roofline_figure(points, devices, definition, record)
-        if img:
-            out += [img, caption(record)]
+        if img and definition == "params":
+            out += [img, verdict_caption(store, record, "Each workload at its FLOPs per parameter byte (the paper's "
+                                         "definition) under the device rooflines.", "Golden et al. Figure 5",
+                                         "ai-gap", "ai-diffusion-vs-transformer")]
+        elif img:
+            out += [img, caption(record, "The same workloads at FLOPs per byte moved by eager unfused execution; "
+                                         "beyond the paper (its Figure 5 uses parameter bytes)")]
     totals = points[points["scope"] == "total"][["workload", "definition", "intensity_flops_per_byte", "device",
                                                  "attainable_flops_per_s", "bound"]].copy()
     totals["attainable_tflops_per_s"] = totals.pop("attainable_flops_per_s") / 1e12

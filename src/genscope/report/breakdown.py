@@ -26,6 +26,7 @@ from genscope.report.sections import (
     paragraph,
     section,
     table_html,
+    verdict_caption,
 )
 from genscope.results.store import ResultsStore, RunRecord
 from genscope.workloads.registry import SUITE
@@ -55,6 +56,9 @@ ATTENTION_RULE = ("Attention = time inside attention entry-point calls (QK^T, so
                   "the Q/K/V/output projections count as Linear.")
 
 CLASS_TIME_COLUMNS = ("workload", "attention", "phase", "op_class", "time_ms")
+# Figure 7's y axis stops here: a bar taller than this (a flash run slower than 1.5x its baseline, usually a
+# disturbed measurement) is clipped, its height written on it, and the caption says so.
+FIG7_CLIP = 1.5
 
 
 class Breakdown:
@@ -131,7 +135,15 @@ def _class_totals(class_time: pd.DataFrame) -> pd.DataFrame:
     return class_time.groupby(["workload", "attention", "op_class"], sort=False)["time_ms"].sum().reset_index()
 
 
-def figure7(data: Breakdown) -> str | None:
+def _unstable_workloads(data: Breakdown) -> set[str]:
+    sp = data.speedup
+    if "stable" not in sp.columns:
+        return set()
+    return {str(w) for w, ok in zip(sp["workload"], sp["stable"], strict=True) if ok is False or ok == 0}
+
+
+def figure7(data: Breakdown) -> tuple[str, list[str]] | None:
+    """The figure and the workloads whose bars were clipped at :data:`FIG7_CLIP` (said in the caption)."""
     ct = data.class_time
     if ct.empty:
         return None
@@ -161,7 +173,7 @@ def figure7(data: Breakdown) -> str | None:
                            label=cls, edgecolor="white", linewidth=0.3)
                 bottom += height
             tick_pos.append(x)
-            tops.append(bottom)
+            tops.append((bottom, x, w))
             tick_labels.append("B" if attention == "baseline" else "F")
             if attention == "flash" and speed is not None and w in speed.index:
                 value = speed.loc[w, "e2e_speedup"]
@@ -175,7 +187,17 @@ def figure7(data: Breakdown) -> str | None:
     group = 2 * width + gap
     ax.set_xlim(-width, max(len(workloads), 3) * group - gap)  # a lone workload keeps normal bar widths
     ax.set_ylabel("execution time (normalized to baseline)")
-    ax.set_ylim(0, 1.12 * max([1.0, *tops]))
+    top = min(max([1.0, *(t for t, _, _ in tops)]), FIG7_CLIP)
+    ax.set_ylim(0, 1.12 * top)
+    clipped = []
+    for height, x, w in tops:
+        if height > FIG7_CLIP:
+            clipped.append(w)
+            ax.text(x, 1.05 * FIG7_CLIP, f"{height:.1f}\u2191", ha="center", va="bottom", fontsize=7,
+                    color="#b00000", fontweight="bold")
+    for i, w in enumerate(workloads):  # mark workloads whose timing failed its validity rule
+        if w in _unstable_workloads(data):
+            ax.text(centers[i], 1.10 * top, "unstable", ha="center", fontsize=7, color="#7030a0")
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
     shown = [c for c in reversed(present) if c in unique]  # top of the stack first, as drawn
@@ -183,7 +205,8 @@ def figure7(data: Breakdown) -> str | None:
               loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     ax.set_title("Operator breakdown: baseline (B) vs flash (F) attention, normalized to baseline", fontsize=10)
     fig.suptitle(caption_text(data.records), fontsize=8, color="#555555")
-    return figure_to_img(fig, alt="Figure 7: operator breakdown, baseline vs flash attention")
+    return figure_to_img(fig, alt="Figure 7: operator breakdown, baseline vs flash attention"), \
+        list(dict.fromkeys(clipped))
 
 
 def _fmt(value, pattern: str) -> str:
@@ -254,17 +277,28 @@ def breakdown_section(store: ResultsStore) -> list[str]:
         f"one operator class. {ATTENTION_RULE} The paper (Golden et al., Section IV-B) reports that after "
         "Flash Attention, attention still takes 37-45% of LLaMA and transformer-based TTI time but only 13-25% "
         "of diffusion-model time, and end-to-end speedups of 4-67% (Table II, NVIDIA A100).")]
-    img = figure7(data)
-    if img is not None:
+    drawn = figure7(data)
+    if drawn is not None:
+        img, clipped = drawn
+        clip_note = (f" The y axis stops at {FIG7_CLIP}x the baseline: the bars of {', '.join(clipped)} are "
+                     "taller (height written over them, arrow) and are cut there." if clipped else "")
+        unstable = _unstable_workloads(data)
+        unstable_note = (f" Marked unstable (timing failed its validity rule): {', '.join(sorted(unstable))}."
+                         if unstable else "")
         out += ["<h3>Figure 7: operator time breakdown, baseline vs flash attention</h3>", img,
-                caption(data.records, "Bars: per workload, baseline (B) and flash (F) execution time stacked by "
-                        "operator class, normalized to the baseline total; the label over F is the measured "
-                        "end-to-end speedup")]
+                verdict_caption(store, data.records,
+                                "Per workload, baseline (B) and flash (F) execution time stacked by operator class, "
+                                "normalized to the baseline total; the label over F is the measured end-to-end "
+                                f"speedup.{clip_note}{unstable_note}",
+                                "Golden et al. Figure 7", "conv-largest-after-flash",
+                                "attention-share-flash-diffusion", "attention-share-flash-transformer")]
     out += ["<h3>Table II: end-to-end speedup of flash over baseline attention</h3>",
             table_html(table2(data), float_format=None),
-            caption(data.records, "Paper values: Table II of Golden et al. (A100 GPU). Amdahl predicted = "
-                    "1 / ((1 - s) + s / a) with s = attention share at baseline, a = attention speedup; "
-                    "measured / Amdahl near 1 means the end-to-end gain is what the attention speedup explains")]
+            caption(data.records, "Paper values: Table II of Golden et al. (A100 GPU); the verdict per workload is "
+                    "in the findings table (rule: within 15% of the paper's speedup reproduces it, a speedup "
+                    "above 1 partly). Amdahl predicted = 1 / ((1 - s) + s / a) with s = attention share at "
+                    "baseline, a = attention speedup; measured / Amdahl near 1 means the end-to-end gain is what "
+                    "the attention speedup explains")]
     if data.other_runs:
         out.append(paragraph(f"{data.other_runs} other breakdown run(s) on another device, preset or dtype are "
                              "stored but not drawn here (`genscope runs list --study breakdown`)."))

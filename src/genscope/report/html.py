@@ -2,7 +2,7 @@
 
 No external resources (figures are inline base64 PNGs, the style sheet is inline), every stored string is
 escaped, and nothing is computed beyond arranging stored numbers. Sections come from the modules in
-:data:`SECTION_MODULES` (a module not in this checkout is skipped) and are ordered by their ``order``.
+:data:`SECTION_MODULES` (imported eagerly: a broken one is an error with its traceback) and are ordered by their ``order``.
 """
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ from genscope.report.sections import esc, ordered_sections
 from genscope.results.store import ResultsStore
 
 SECTION_MODULES = (
+    "genscope.report.findings",
     "genscope.report.breakdown",
     "genscope.report.analysis",
     "genscope.report.sequence",
     "genscope.report.temporal",
     "genscope.report.optimize",
+    "genscope.report.training",
 )
 
 _STYLE = """
@@ -33,8 +35,12 @@ h3 { margin-top: 1.5rem; }
 .meta, .caption { color: #555; font-size: 0.9rem; }
 .caption { font-style: italic; margin-top: 0.2rem; }
 img.figure { max-width: 100%; height: auto; display: block; margin: 0.5rem 0; }
-table.data { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0; }
-table.data th, table.data td { border: 1px solid #ddd; padding: 0.2rem 0.5rem; text-align: right; }
+table.data { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0; max-width: 100%; }
+table.data th, table.data td { border: 1px solid #ddd; padding: 0.2rem 0.5rem; text-align: right;
+                               overflow-wrap: break-word; }
+table.findings td, table.findings th { text-align: left; vertical-align: top; } table.findings .src { color: #666; font-size: 0.8rem; }
+td.verdict { font-weight: 600; white-space: nowrap; } td.v0 { background: #e3f4e3; } td.v1 { background: #fdf3d6; }
+td.v2 { background: #fbe3e3; } td.v3 { background: #ece3f6; } td.v4 { background: #eeeeee; color: #555; }
 table.data th { background: #f4f4f4; }
 table.data td:first-child, table.data th:first-child { text-align: left; }
 .empty { background: #f8f8e8; border: 1px solid #e0e0b0; padding: 0.8rem 1rem; }
@@ -45,17 +51,10 @@ details { margin: 0.5rem 0; } summary { cursor: pointer; }
 
 
 def load_section_modules() -> list[str]:
-    """Import the section modules present in this checkout; returns those imported."""
-    loaded = []
+    """Import every section module (eagerly: one that fails to import is an error with its traceback)."""
     for name in SECTION_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
-        loaded.append(name)
-    return loaded
+        importlib.import_module(name)
+    return list(SECTION_MODULES)
 
 
 def render(store: ResultsStore, strict: bool = False) -> str:

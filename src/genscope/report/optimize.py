@@ -24,6 +24,7 @@ from genscope.report.sections import (
     paragraph,
     section,
     table_html,
+    verdict_caption,
 )
 from genscope.results.store import ResultsStore, RunRecord
 
@@ -133,6 +134,9 @@ def optimize_section(store: ResultsStore) -> list[str]:
             out.append(img)
         shown = [c for c in ABLATION_SHOWN if c in ablation.columns]
         out.append(table_html(ablation[shown], float_format="{:,.3g}"))
+        out.append(verdict_caption(store, ablation_run, "Latency of one UNet step by operator class (left) and its "
+                                   "memory (right) as each pass is added.", "Chen et al. Table 1", "chen-latency",
+                                   "chen-tensor-memory", "chen-winograd-weights"))
         out.append(caption(ablation_run, f"{where}. Peak tensor memory: peak of new tensor bytes during one step "
                                          "(the output included); weights: parameters and buffers of the "
                                          "configured model; error: max |y - y0| / max |y0| against the float32 "
@@ -162,6 +166,8 @@ def optimize_section(store: ResultsStore) -> list[str]:
         layer = table["layer"].iloc[0] if "layer" in table.columns else ""
         out.append("<h3>Table 2: Winograd F(m x m, 3x3) against direct 3x3 convolution</h3>")
         out.append(table_html(table[[c for c in WINOGRAD_SHOWN if c in table.columns]], float_format="{:,.3g}"))
+        out.append(verdict_caption(store, winograd_run, "Winograd tile sizes: FLOP saving and memory multipliers.",
+                                   "Chen et al. Table 2", "chen-winograd-tiles"))
         out.append(caption(winograd_run, f"analytical columns: 9m^2/(m+2)^2 multiplications saved, (m+2)^2/m^2 "
                                          f"transformed-input and (m+2)^2/9 transformed-weight multipliers (paper: "
                                          f"Table 2); measured on {layer}: U bytes / weight bytes, peak new bytes / "

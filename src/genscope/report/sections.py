@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -88,8 +89,21 @@ def table_html(df: pd.DataFrame, float_format: str | Callable[[float], str] | No
     def cell(x):
         return fmt(x) if fmt is not None else x
 
-    return df.to_html(index=index, escape=True, border=0, classes="data", na_rep="",
+    page = df.to_html(index=index, escape=True, border=0, classes="data", na_rep="",
                       float_format=cell if fmt is not None else None)
+    return _CELL.sub(lambda m: m.group(1) + breakable(m.group(2)) + m.group(3), page)
+
+
+_CELL = re.compile(r"(<t[hd][^>]*>)([^<]*)(</t[hd]>)")
+_BREAK_AFTER = re.compile(r"([_/]|\.(?=[A-Za-z]))(?=\S)")
+_CAMEL = re.compile(r"(?<=[A-Za-z0-9])(?=[A-Z][a-z])")
+
+
+def breakable(escaped: str) -> str:
+    """Allow line breaks after ``_``, ``/`` and a ``.`` before a letter (module paths, column names) and inside
+    CamelCase names (``UNet2DCondition|Model``), so that wide tables fit the page without breaking words
+    anywhere; ``escaped`` is already HTML-escaped."""
+    return _CAMEL.sub("<wbr>", _BREAK_AFTER.sub(lambda m: m.group(1) + "<wbr>", escaped))
 
 
 def _as_list(records: RunRecord | Iterable[RunRecord]) -> list[RunRecord]:
@@ -114,6 +128,45 @@ def caption(records: RunRecord | Iterable[RunRecord], extra: str = "") -> str:
     """``<p class="caption">`` stating device, preset, dtype and the number of runs (escaped)."""
     text = caption_text(records)
     return f'<p class="caption">{esc(text)}{(". " + esc(extra)) if extra else ""}</p>'
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the papers' findings, for captions (evaluated once per page by genscope.findings; nothing computed here)
+# ----------------------------------------------------------------------------------------------------------
+_FINDINGS_CACHE: dict[tuple[str, int], pd.DataFrame] = {}
+
+
+def findings_of(store: ResultsStore) -> pd.DataFrame:
+    """``genscope.findings.evaluate(store)``, evaluated once per store state (path, newest run id)."""
+    from genscope.findings import evaluate
+
+    runs = store.list_runs()
+    key = (str(store.path), int(runs["id"].max()) if len(runs) else 0)
+    if key not in _FINDINGS_CACHE:
+        _FINDINGS_CACHE.clear()
+        _FINDINGS_CACHE[key] = evaluate(store)
+    return _FINDINGS_CACHE[key]
+
+
+def verdict_text(store: ResultsStore, *keys: str) -> str:
+    """Plain text for a caption: per finding, the paper's value and source, what was measured, the verdict."""
+    df = findings_of(store).set_index("key")
+    parts = []
+    for key in keys:
+        if key not in df.index:
+            continue
+        r = df.loc[key]
+        parts.append(f"Paper ({r['source']}): {r['paper']} - {r['claim']}. Measured: {r['measured']}. "
+                     f"Verdict: {r['verdict']}")
+    return " ".join(p if p.endswith(".") else p + "." for p in parts)
+
+
+def verdict_caption(store: ResultsStore, records: RunRecord | Iterable[RunRecord], shows: str, mirrors: str,
+                    *keys: str) -> str:
+    """``<p class="caption">``: what the figure shows, the paper figure it mirrors, the paper's value and the
+    verdict (from the findings), then device / preset / dtype / runs."""
+    text = f"{shows} Mirrors {mirrors}. {verdict_text(store, *keys)} ({caption_text(records)})"
+    return f'<p class="caption">{esc(text)}</p>'
 
 
 def paragraph(text: str) -> str:

@@ -10,10 +10,20 @@
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pandas as pd
 
-from genscope.report.sections import caption, figure_to_img, new_figure, paragraph, section, table_html
+from genscope.report.sections import (
+    caption,
+    figure_to_img,
+    new_figure,
+    paragraph,
+    section,
+    table_html,
+    verdict_caption,
+)
 from genscope.results.store import ResultsStore, RunRecord
 
 
@@ -51,7 +61,8 @@ def seqlen_section(store: ResultsStore) -> list[str]:
         ax.set_title(f"{record.workload} @ {record.preset}" + (f", image {size}" if size else ""), fontsize=9)
     fig.axes[-1].set_xlabel("attention call in the period")
     out.append(figure_to_img(fig, "Figure 8: sequence length over one period"))
-    out.append(caption(records))
+    out.append(verdict_caption(store, records, "Sequence length of each attention call over one fundamental period, "
+                               "per workload.", "Golden et al. Figure 8", "seqlen-step", "seqlen-u-shape"))
     for record in records:
         dist = record.tables.get("distribution")
         if dist is None or dist["image_size"].nunique() < 2:
@@ -70,7 +81,9 @@ def seqlen_section(store: ResultsStore) -> list[str]:
                               fontsize=9)
         fig.axes[-1].set_xlabel("sequence length")
         out.append(figure_to_img(fig, "Figure 9: sequence-length distribution"))
-        out.append(caption(record))
+        out.append(caption(record, "Fraction of attention calls per sequence length, one panel per image size. "
+                                   "Mirrors Golden et al. Figure 9 (the distribution shifts right as the image "
+                                   "grows; no number is claimed, so no verdict)"))
     summaries = pd.concat([r.tables["summary"] for r in records if "summary" in r.tables], ignore_index=True)
     if not summaries.empty:
         cols = [c for c in ("model", "preset", "image_size", "period_calls", "seq_len_min", "seq_len_max",
@@ -93,7 +106,7 @@ def memory_model_section(store: ResultsStore) -> list[str]:
         check = record.tables["check"]
         cols = [c for c in ("image_size", "component", "input_side", "batch", "calls_model", "calls_trace",
                             "calls_mismatched", "bytes_model", "bytes_trace", "exact") if c in check]
-        out.append(f"<h4>{record.workload}: model vs trace</h4>")
+        out.append(f"<h4>{html.escape(record.workload)}: model vs trace</h4>")  # a stored field: escaped
         out.append(table_html(check[cols], float_format="{:,.0f}"))
         if "levels" in record.tables:
             out.append(table_html(record.tables["levels"], float_format="{:,.0f}"))
@@ -108,6 +121,9 @@ def memory_model_section(store: ResultsStore) -> list[str]:
             ax.set_ylabel("similarity-matrix bytes per UNet forward")
             ax.legend(fontsize=8)
             out.append(figure_to_img(fig, "similarity-matrix memory vs latent side"))
+            out.append(verdict_caption(store, record, "Similarity-matrix bytes of one UNet forward vs the latent "
+                                       "side, with an L^4 reference line.", "Golden et al. Section V-A (its "
+                                       "memory formula; no figure)", "memory-l4", "memory-d2n"))
         fit = record.tables.get("fit")
         if fit is not None and not fit.empty:
             out.append(table_html(fit, float_format="{:,.3f}"))
@@ -134,7 +150,10 @@ def image_scaling_section(store: ResultsStore) -> list[str]:
     ax.set_xlabel("image size (pixels per side)")
     ax.set_ylabel("time (ms)")
     ax.legend(fontsize=8)
-    out = [figure_to_img(fig, "Figure 10: convolution vs attention time over image size"), caption(record)]
+    out = [figure_to_img(fig, "Figure 10: convolution vs attention time over image size"),
+           verdict_caption(store, record, "Convolution and attention time of the denoising step vs image size, "
+                           "baseline (solid) and flash (dashed) attention, log-log.", "Golden et al. Figure 10",
+                           "scaling-conv-vs-attention")]
     for name in ("slopes", "crossovers", "skipped"):
         df = record.tables.get(name)
         if df is not None and not df.empty:
@@ -169,7 +188,10 @@ def prefill_decode_section(store: ResultsStore) -> list[str]:
     ax.set_xlabel("query length (1 = decode)")
     ax.set_ylabel("flash speedup over baseline")
     ax.legend(fontsize=7)
-    out = [figure_to_img(fig, "flash speedup vs query length"), caption(record)]
+    out = [figure_to_img(fig, "flash speedup vs query length"),
+           verdict_caption(store, record, "Flash speedup over baseline attention vs query length: a sweep at one key "
+                           "length, and each workload's own attention shapes.", "Golden et al. Table III "
+                           "(prefill vs decode; the paper has no figure of it)", "prefill-decode")]
     workloads = record.tables.get("workloads")
     if workloads is not None and not workloads.empty:
         out.append(table_html(workloads, float_format="{:,.3f}"))

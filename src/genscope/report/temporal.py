@@ -26,6 +26,7 @@ from genscope.report.sections import (
     paragraph,
     section,
     table_html,
+    verdict_caption,
 )
 from genscope.results.store import ResultsStore, RunRecord
 
@@ -249,10 +250,14 @@ def temporal_section(store: ResultsStore) -> list[str]:
         if img is not None:
             out.append(img)
         out.append(table_html(split_table(record), float_format=None))
-        out.append(caption(record, "time = attention core + the copies it needs (layout, head split/merge), "
-                                   "mean per run over the repetitions; FLOPs = the two attention matmuls "
-                                   f"(2 x MACs). Paper: {PAPER_TIME_RATIO:.0f}x time, {PAPER_FLOPS_RATIO:.0f}x "
-                                   "fewer FLOPs (A100). '+strided' = the opt-in frame-strided pass"))
+        keys = ("temporal-time", "temporal-flops") if record.workload == "make-a-video" else ()
+        out.append(verdict_caption(store, record, "(a) Time of spatial and temporal attention: the attention core "
+                                   "plus the copies it needs (layout, head split/merge), mean per run over the "
+                                   "repetitions; (b) their FLOPs, the two attention matmuls (2 x MACs). "
+                                   "'+strided' = the opt-in frame-strided pass." + (
+                                       "" if keys else " No verdict: the paper's numbers are for Make-A-Video."),
+                                   f"Golden et al. Figure 12 (Make-A-Video; paper: {PAPER_TIME_RATIO:.0f}x time, "
+                                   f"{PAPER_FLOPS_RATIO:.0f}x fewer FLOPs on an A100)", *keys))
         calls = calls_table(record)
         if calls is not None:
             out.append(details("Per attention site: layout, shape, calls, FLOPs and core time per call",
@@ -262,8 +267,10 @@ def temporal_section(store: ResultsStore) -> list[str]:
         out.append("<h3>Figure 14: attention FLOPs and time vs frames</h3>")
         if img is not None:
             out.append(img)
-        out.append(caption(sweep, "one layer call at batch 1; FLOPs from the analytical model (equal to "
-                                  "torch's FLOP counter); times are medians of interleaved repetitions"))
+        out.append(verdict_caption(store, sweep, "Spatial and temporal attention FLOPs and time vs frame count, one "
+                                   "layer call at batch 1; FLOPs from the analytical model (equal to torch's FLOP "
+                                   "counter); times are medians of interleaved repetitions.", "Golden et al. "
+                                   "Figure 14", "temporal-quadratic", "temporal-crossover"))
         for title, table, fmt in (
                 ("Fitted exponents k in F (y = A * F^k)", fits_table(sweep), "{:.3f}"),
                 ("Crossover frame count (temporal >= spatial)", crossover_table(sweep), None),

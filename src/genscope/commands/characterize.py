@@ -28,7 +28,8 @@ def cmd_characterize(args: argparse.Namespace) -> int:
     from genscope.studies.plan import build_plan
     from genscope.workloads import registry
 
-    names = workload_names(args.models)  # unknown names fail here, before anything runs
+    # default: the paper's suite and the diffusion transformers after it; unknown names fail here, before anything
+    names = workload_names(args.models) if args.models else registry.available() + list(registry.AFTER_PAPER)
     for name in names:
         registry.get(name).config(args.preset)
     if args.repeat < 1:
@@ -66,6 +67,10 @@ def cmd_characterize(args: argparse.Namespace) -> int:
     print(f"{counts['done']} tasks run, {counts['skipped']} already stored, {counts['failed']} failed, in "
           f"{time.perf_counter() - start:.0f} s; report: {out}")
     _print_summary(store, names, args.preset)
+    from genscope.findings import evaluate, format_findings
+
+    print("\nFindings of the papers, checked on this machine (also first on the report page):")
+    print(format_findings(evaluate(store)))
     return 1 if counts["failed"] else 0
 
 
@@ -88,7 +93,8 @@ def _print_summary(store, names: list[str], preset: str) -> None:
 def add_parsers(sub) -> None:
     p = sub.add_parser("characterize", help="the main job: every study for every workload, stored, then the report")
     p.add_argument("--preset", default="small")
-    p.add_argument("--models", nargs="+", help="workloads (default: the whole suite)")
+    p.add_argument("--models", nargs="+", help="workloads (default: the paper's suite and the diffusion "
+                   "transformers after it)")
     p.add_argument("--repeat", type=int, default=2, help="timed repetitions per backend (after 1 warm-up)")
     p.add_argument("--mode", default="trace", help="trace | fast")
     p.add_argument("--device", default="cpu")

@@ -35,9 +35,16 @@ Result = dict[str, pd.DataFrame] | Exception
 
 
 def run_task(study: str, settings: dict, inputs: dict) -> dict[str, pd.DataFrame]:
-    """What every executor runs for one task (also inside a Ray worker)."""
+    """What every executor runs for one task (also inside a Ray worker). A study that needs processes started
+    first (:data:`genscope.studies.plan.LAUNCHED`: the FSDP ranks) is launched here, on the command side; its
+    study then reads what they wrote."""
+    from genscope.studies.plan import LAUNCHED
     from genscope.studies.registry import run_study
 
+    if study in LAUNCHED and "trace_dir" not in settings:
+        from genscope.commands.train import run_measured
+
+        return run_measured(settings)
     return run_study(study, settings, inputs)
 
 

@@ -248,6 +248,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     return store_and_print(args, job, tables, note)
 
 
+def run_measured(settings: dict) -> dict:
+    """The characterize plan's training task: ranks launched into a temporary folder, the study over their
+    traces, the folder removed. ``settings``: model, preset, nproc, steps, warmup, threads (gloo on CPU)."""
+    args = argparse.Namespace(model=settings["model"], preset=settings["preset"], nproc=int(settings["nproc"]),
+                              steps=int(settings["steps"]), warmup=int(settings.get("warmup", 1)), batch_size=1,
+                              backend="gloo", precision="auto", threads=int(settings.get("threads", 1)), nnodes=1,
+                              rdzv_endpoint="", trace_dir=None, seed=0)
+    job, procs_here = job_from_args(args)
+    trace_dir = Path(tempfile.mkdtemp(prefix="genscope-train-"))
+    job["trace_dir"] = str(trace_dir)
+    try:
+        start = time.perf_counter()
+        launch(job, procs_here)
+        tables = analyze(args, job, trace_dir)
+        tables["summary"]["launch_s"] = time.perf_counter() - start
+        return tables
+    except RankFailed as exc:
+        raise UserError(f"training failed, nothing stored: {exc}") from None
+    finally:
+        shutil.rmtree(trace_dir, ignore_errors=True)
+
+
 def from_traces(args: argparse.Namespace) -> int:
     """``--from-traces DIR``: the study over rank traces written by ``torchrun ... -m genscope.commands.train``."""
     trace_dir = Path(args.from_traces)

@@ -168,8 +168,13 @@ def profile_steps(step, steps: int, trace_path: str | Path, *, device_type: str 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device_type == "cuda" else [])
     results = []
     plan = schedule(wait=0, warmup=1, active=steps, repeat=1)
-    with profile(activities=activities, record_shapes=True, schedule=plan,
-                 on_trace_ready=lambda p: p.export_chrome_trace(str(trace_path))) as prof:
+    from genscope.instrument.native_stderr import native_status_lines_dropped
+
+    # the schedule starts and stops Kineto inside prof.step(): its USDT status lines are dropped over the whole
+    # loop (anything else written to stderr meanwhile is written back, in order, when the loop ends or fails)
+    with native_status_lines_dropped(), profile(
+            activities=activities, record_shapes=True, schedule=plan,
+            on_trace_ready=lambda p: p.export_chrome_trace(str(trace_path))) as prof:
         for i in range(steps + 1):
             result = step()
             if device_type == "cuda":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from genscope.instrument.attribution import IDLE
 from genscope.instrument.opclasses import OP_CLASSES
 from genscope.report.sections import (
     caption,
@@ -32,6 +33,7 @@ from genscope.results.store import ResultsStore, RunRecord
 from genscope.workloads.registry import SUITE
 
 STUDY = "breakdown"
+IDLE_COLOR = "#d9d9d9"  # GPU idle, hatched
 FILL_COMMAND = "genscope characterize"  # or: genscope profile MODEL (one workload, both backends)
 
 # Table II of Golden et al., "Generative AI Beyond LLMs: System Implications of Multi-Modal Generation"
@@ -124,7 +126,7 @@ def gather(store: ResultsStore) -> Breakdown | None:
     if not class_time.empty:
         class_time = class_time.assign(workload=class_time["workload"].astype(str),
                                        op_class=class_time["op_class"].where(
-                                           class_time["op_class"].isin(OP_CLASSES), "Other"))
+                                           class_time["op_class"].isin((*OP_CLASSES, IDLE)), "Other"))
     speedup = speedup.assign(workload=speedup["workload"].astype(str))
     ordered = [w for w in SUITE if w in seen] + sorted(seen - set(SUITE))
     return Breakdown(records, class_time, speedup, ordered, int((~same).sum()), sources)
@@ -153,7 +155,7 @@ def figure7(data: Breakdown) -> tuple[str, list[str]] | None:
     ax = fig.add_subplot()
     width, gap = 0.8, 1.0
     centers, tick_pos, tick_labels, tops = [], [], [], []
-    present = [c for c in OP_CLASSES if c in set(totals["op_class"])]
+    present = [c for c in (*OP_CLASSES, IDLE) if c in set(totals["op_class"])]  # IDLE: GPU runs only
     speed = data.speedup.set_index("workload") if "e2e_speedup" in data.speedup.columns else None
     for i, w in enumerate(workloads):
         rows = totals[totals["workload"] == w]
@@ -169,8 +171,10 @@ def figure7(data: Breakdown) -> tuple[str, list[str]] | None:
             for cls in present:
                 height = float(part.get(cls, 0.0)) / base_total
                 if height > 0:
-                    ax.bar(x, height, width * 0.95, bottom=bottom, color=CLASS_COLORS.get(cls, "#000000"),
-                           label=cls, edgecolor="white", linewidth=0.3)
+                    ax.bar(x, height, width * 0.95, bottom=bottom,
+                           color=CLASS_COLORS.get(cls, IDLE_COLOR if cls == IDLE else "#000000"),
+                           label="GPU idle (waiting on the host)" if cls == IDLE else cls, edgecolor="white",
+                           linewidth=0.3, hatch="//" if cls == IDLE else None)
                 bottom += height
             tick_pos.append(x)
             tops.append((bottom, x, w))
@@ -282,6 +286,10 @@ def breakdown_section(store: ResultsStore) -> list[str]:
         img, clipped = drawn
         clip_note = (f" The y axis stops at {FIG7_CLIP}x the baseline: the bars of {', '.join(clipped)} are "
                      "taller (height written over them, arrow) and are cut there." if clipped else "")
+        idle_note = (" On a GPU the bars are GPU time: kernel busy time per class, and GPU idle (the span minus busy "
+                     "time: the GPU waiting on the host) hatched on top, so a bar is the traced span."
+                     if (data.class_time["op_class"] == IDLE).any() else "")
+        clip_note += idle_note
         unstable = _unstable_workloads(data)
         unstable_note = (f" Marked unstable (timing failed its validity rule): {', '.join(sorted(unstable))}."
                          if unstable else "")

@@ -10,7 +10,13 @@ Plans (``studies``):
 * ``analytical``: paper-scale FLOPs, sequence lengths, the attention-memory model, Table I and the roofline on
   the meta device - seconds per workload, no weights;
 * ``all``: both, plus the measured studies (image scaling, prefill vs decode, the temporal split and frames
-  sweep, the optimization ablation).
+  sweep, the optimization ablation, a short FSDP training run on 2 ranks and its paper-scale model) and the
+  diffusion transformers after the paper (their FLOPs at paper scale, a DiT's sequence length, factorized vs
+  full 3-D attention, their breakdown at ``small``).
+
+A task of a study in :data:`LAUNCHED` (``training``) starts processes before its study runs - the ranks, through
+torch's launcher - so the executor hands it to the command side (:mod:`genscope.commands.executors`); the study
+itself stays pure (it reads the ranks' traces).
 """
 
 from __future__ import annotations
@@ -43,6 +49,13 @@ AUTOREGRESSIVE = ("llama", "parti")
 AUTOREGRESSIVE_SEQLEN_PRESETS = ("tiny", "small")
 SEQLEN_SIZES = (64, 128, 256, 512, 1024)  # Figure 9's image sizes
 MEMORY_MODEL_WORKLOADS = ("stable-diffusion", "imagen")
+# The diffusion transformers since the paper (issue 18) and their reduced settings at ``small``: two denoising
+# steps (per-step costs are unchanged), the presets' own sizes.
+AFTER_PAPER_OVERRIDES: dict[str, dict] = {"flux": {"steps": 2}, "sd3": {"steps": 2}, "wan": {"steps": 2},
+                                          "cogvideox": {"steps": 2}, "hunyuan-video": {"steps": 2}}
+# The measured FSDP run of ``all`` (2 gloo ranks, small, a few steps) and the studies that launch processes.
+TRAINING_RUN = {"model": "stable-diffusion", "nproc": 2, "steps": 2, "warmup": 1, "threads": 1}
+LAUNCHED = ("training",)
 
 
 @dataclass(frozen=True)
@@ -106,6 +119,31 @@ def measured_tasks(workloads: list[str], preset: str) -> list[PlanTask]:
     return tasks
 
 
+def after_paper_analytical(names: list[str], preset: str, measure: bool) -> list[PlanTask]:
+    """Issue 18: FLOPs of the DiTs at paper scale (meta), Wan's constant sequence length, and factorized vs full
+    3-D attention (timed at ``small`` too when ``measure``)."""
+    tasks = [task("flops", workload=w, preset="paper") for w in names]
+    if "wan" in names:
+        tasks.append(task("seqlen", workload="wan", preset="paper"))
+        tasks.append(task("dit-temporal", "wan", preset="paper", image_sizes=(240, 480, 720), measure=measure,
+                          time_preset=preset if preset in ("tiny", "small") else "small"))
+    return tasks
+
+
+def after_paper_breakdowns(names: list[str], preset: str, repeat: int, mode: str, device: str, dtype: str
+                           ) -> list[PlanTask]:
+    """The DiTs' operator breakdown at the plan's preset (``small``: two denoising steps)."""
+    return [task("breakdown", workload=w, preset=preset, repeat=repeat, mode=mode, device=device, dtype=dtype,
+                 **(AFTER_PAPER_OVERRIDES[w] if preset == "small" else {})) for w in names]
+
+
+def training_tasks(preset: str) -> list[PlanTask]:
+    """The paper's Figure 6: a short measured FSDP run here (2 gloo ranks) and the paper-scale model."""
+    run = TRAINING_RUN | {"preset": preset if preset in ("tiny", "small") else "small"}
+    measured = PlanTask("training", run["model"], dict(run), run["preset"], "cpu", "float32")
+    return [measured, task("training-model", "suite")]
+
+
 def breakdown_tasks(workloads: list[str], preset: str, repeat: int, mode: str, device: str, dtype: str
                     ) -> list[PlanTask]:
     return [task("breakdown", workload=w, preset=preset, repeat=repeat, mode=mode, device=device, dtype=dtype,
@@ -117,6 +155,8 @@ def build_plan(workloads: list[str], *, studies: str = "all", preset: str = "sma
     """The plan ``studies`` (one of :data:`PLANS`) over ``workloads``; every task's settings validated."""
     if studies not in PLANS:
         raise choice_error("plan", studies, PLANS)
+    after_paper = [w for w in workloads if w in AFTER_PAPER_OVERRIDES]
+    workloads = [w for w in workloads if w not in AFTER_PAPER_OVERRIDES]
     tasks: list[PlanTask] = []
     if studies in ("all", "breakdown"):
         tasks += breakdown_tasks(workloads, preset, repeat, mode, device, dtype)
@@ -124,4 +164,10 @@ def build_plan(workloads: list[str], *, studies: str = "all", preset: str = "sma
         tasks += analytical_tasks(workloads, preset)
     if studies == "all":
         tasks += measured_tasks(workloads, preset)
+        if device == "cpu" and "stable-diffusion" in workloads:
+            tasks += training_tasks(preset)
+    if studies in ("all", "breakdown"):
+        tasks += after_paper_breakdowns(after_paper, preset, repeat, mode, device, dtype)
+    if studies in ("all", "analytical"):
+        tasks += after_paper_analytical(after_paper, preset, measure=studies == "all")
     return tasks

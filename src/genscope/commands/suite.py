@@ -24,16 +24,17 @@ def _print_table(rows: list[dict], columns: list[str]) -> None:
 def cmd_models(args: argparse.Namespace) -> int:
     from genscope.workloads import registry
 
-    rows = []
-    for name in registry.available():
-        w = registry.get(name)
-        rows.append({"name": name, "paper_model": w.paper_model, "family": w.family, "modality": w.modality,
-                     "phases": list(w.phases), "presets": w.presets.names()})
+    rows = []  # the paper's suite first, then the diffusion transformers after it
+    for suite, names in (("paper", registry.available()), ("after-paper", list(registry.AFTER_PAPER))):
+        for name in names:
+            w = registry.get(name)
+            rows.append({"name": name, "suite": suite, "paper_model": w.paper_model, "family": w.family,
+                         "modality": w.modality, "phases": list(w.phases), "presets": w.presets.names()})
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         _print_table([{**r, "phases": ", ".join(r["phases"]), "presets": ", ".join(r["presets"])} for r in rows],
-                     ["name", "paper_model", "family", "phases", "presets"])
+                     ["name", "suite", "paper_model", "family", "phases", "presets"])
     return 0
 
 
@@ -162,7 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("models", help="list the workloads of the suite")
+    p = sub.add_parser("models", help="list the workloads: the paper's suite and the diffusion transformers after it")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("describe", help="components and parameter counts (meta device)")

@@ -25,6 +25,7 @@ SECTION_MODULES = (
     "genscope.report.temporal",
     "genscope.report.optimize",
     "genscope.report.training",
+    "genscope.report.after_paper",
 )
 
 _STYLE = """

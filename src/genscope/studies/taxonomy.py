@@ -135,13 +135,26 @@ def describe_unet(module: nn.Module) -> dict:
 
 
 def describe_transformer(spec, module: nn.Module) -> dict:
+    """Layers, width, heads and per-head channels from a transformer's spec (attention modules as fallback).
+
+    Diffusion transformers (diffusers' Flux / SD3 / Wan / CogVideoX / HunyuanVideo classes) name their
+    per-head channels ``attention_head_dim`` (their width is heads x that) and the dual-stream (MMDiT) and
+    single-stream blocks ``num_layers`` and ``num_single_layers``: layers = their sum, ``layers_parts``
+    = "dual + single" (FLUX.1-dev: 19 + 38).
+    """
     layers = _first(spec.get, "num_hidden_layers", "num_layers", "n_layer", "spatial_layers")
-    dim = _first(spec.get, "hidden_size", "d_model", "n_embd")
     heads = _first(spec.get, "num_attention_heads", "num_heads", "n_head")
-    head_channels = spec.get("d_kv") or spec.get("head_dim") or (dim // heads if dim and heads else None)
+    head_channels = _first(spec.get, "d_kv", "head_dim", "attention_head_dim")
+    dim = _first(spec.get, "hidden_size", "d_model", "n_embd") or (heads * head_channels if heads and head_channels
+                                                                   else None)
+    head_channels = head_channels or (dim // heads if dim and heads else None)
     attn = _attention_modules(module)
-    return {"layers": layers, "model_dim": dim, "heads": [heads] if heads else _unique(a[1] for a in attn),
-            "head_channels": [head_channels] if head_channels else _unique(a[2] for a in attn)}
+    row = {"layers": layers, "model_dim": dim, "heads": [heads] if heads else _unique(a[1] for a in attn),
+           "head_channels": [head_channels] if head_channels else _unique(a[2] for a in attn)}
+    single = spec.get("num_single_layers")
+    if layers is not None and single:  # dual-stream + single-stream blocks (Flux, HunyuanVideo)
+        row["layers"], row["layers_parts"] = int(layers) + int(single), f"{int(layers)} + {int(single)}"
+    return row
 
 
 def describe_workload(name: str, preset: str = "paper") -> dict:

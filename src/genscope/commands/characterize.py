@@ -17,6 +17,7 @@ from pathlib import Path
 from genscope.cli import command
 from genscope.commands.common import DB_HELP, open_store, workload_names
 from genscope.errors import UserError
+from genscope.progress import reporting
 
 
 @command("characterize")
@@ -46,10 +47,15 @@ def cmd_characterize(args: argparse.Namespace) -> int:
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), transient=False) as progress:
         bar = progress.add_task("characterize", total=len(tasks))
+        inner = progress.add_task("", total=1, visible=False)  # steps inside the running task
+
+        def on_step(done: int, total: int, what: str) -> None:
+            progress.update(inner, completed=done, total=total, description=f"  {what} step", visible=True)
 
         def on_event(event: str, task, detail: str) -> None:
             if event == "start":
                 progress.update(bar, description=task.label)
+                progress.update(inner, visible=False)
             else:
                 progress.advance(bar)
                 if event == "skipped":
@@ -58,7 +64,8 @@ def cmd_characterize(args: argparse.Namespace) -> int:
                     progress.console.print(f"  FAILED: {task.study} {task.workload}: {detail}")
 
         try:
-            counts = run_plan(tasks, store, executor=executor, fresh=args.fresh, on_event=on_event)
+            with reporting(on_step):
+                counts = run_plan(tasks, store, executor=executor, fresh=args.fresh, on_event=on_event)
         except KeyboardInterrupt:
             progress.stop()
             print("genscope: interrupted - finished tasks are stored; run the same command again to continue")

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from genscope.models.runtime import synchronize
+from genscope.progress import advance
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,9 @@ def loop_steps(phase_name: str, steps: int, growing: bool = False) -> Iterator[i
     :class:`PhaseTimes` as replicated (so that entry counts are those of the whole loop)."""
     limit = _STEP_LIMIT.get()
     if limit is None:
-        yield from range(steps)
+        for i in range(steps):
+            yield i
+            advance(i + 1, steps, phase_name)
         return
     cap = limit.max_growing_steps if growing else limit.max_steps
     extend = None if growing else limit.extend

@@ -1,9 +1,8 @@
 """Wrapping a module's ``forward`` on the instance, and undoing it.
 
-The instruments that must run on every call of a module (the FLOP counter's memoization, the profiler's
-fast-mode timers) wrap ``forward`` instead of registering forward hooks: a module with hooks takes
-``nn.Module``'s slow call path, which costs more than the instrument itself. ``nn.Module`` has no API for
-this, hence the few lines here.
+The instruments that must run on every call of a module (the profiler's fast-mode timers) wrap ``forward``
+instead of registering forward hooks: a module with hooks takes ``nn.Module``'s slow call path, which costs
+more than the instrument itself. ``nn.Module`` has no API for this, hence the few lines here.
 """
 
 from __future__ import annotations

@@ -8,45 +8,23 @@ attention entry point; the schedulers themselves are diffusers' (DDIM, Euler, DD
 from __future__ import annotations
 
 import contextlib
-import contextvars
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
 import torch
 
 from genscope.errors import choice_error
-from genscope.workloads.phases import phase
+from genscope.workloads.phases import StepLimit, limit_steps, loop_steps, phase
 
 SCHEDULERS = ("ddim", "euler", "ddpm")
-
-
-@dataclass
-class StepLimit:
-    """Shape-only runs (meta device): run at most ``max_steps`` steps of every denoising loop.
-
-    Every step of a loop has the same shapes, so an instrument that sets this (the sequence-length tracer)
-    replicates the last step it saw; ``loops`` tells it how: (phase name, steps the loop has, steps run).
-    ``on_loop_end(phase_name, steps, run)`` is called as each loop ends.
-    """
-
-    max_steps: int
-    loops: list[tuple[str, int, int]] = field(default_factory=list)
-    on_loop_end: Callable[[str, int, int], None] | None = None
-
-
-_STEP_LIMIT: contextvars.ContextVar[StepLimit | None] = contextvars.ContextVar("genscope_step_limit", default=None)
 
 
 @contextlib.contextmanager
 def limit_denoise_steps(max_steps: int,
                         on_loop_end: Callable[[str, int, int], None] | None = None) -> Iterator[StepLimit]:
-    """``with limit_denoise_steps(2) as limit:`` every :func:`denoise` loop inside stops after 2 steps."""
-    limit = StepLimit(max_steps, on_loop_end=on_loop_end)
-    token = _STEP_LIMIT.set(limit)
-    try:
+    """``with limit_denoise_steps(2) as limit:`` every :func:`denoise` loop (and every other loop of identical
+    steps) inside stops after 2 steps; see :func:`genscope.workloads.phases.limit_steps`."""
+    with limit_steps(max_steps, on_loop_end=on_loop_end) as limit:
         yield limit
-    finally:
-        _STEP_LIMIT.reset(token)
 
 
 def make_scheduler(name: str, config: tuple | dict):
@@ -92,12 +70,9 @@ def denoise(
     scheduler.set_timesteps(steps, device="cpu" if latents.device.type == "meta" else latents.device)
     latents = latents * scheduler.init_noise_sigma
     channels = latents.shape[1]
-    limit = _STEP_LIMIT.get()
-    run = 0
-    for i, t in enumerate(scheduler.timesteps):
-        if limit is not None and i >= limit.max_steps:
-            break
-        run = i + 1
+    timesteps = list(scheduler.timesteps)
+    for i in loop_steps(phase_name, len(timesteps)):
+        t = timesteps[i]
         with phase(phase_name, step=i):
             model_input = torch.cat([latents, latents]) if use_cfg else latents
             model_input = scheduler.scale_model_input(model_input, t)
@@ -116,8 +91,4 @@ def denoise(
                 prediction = prediction[:, :channels]
             step_kwargs = {"generator": generator} if generator is not None else {}
             latents = scheduler.step(prediction, t, latents, **step_kwargs).prev_sample
-    if limit is not None:
-        limit.loops.append((phase_name, len(scheduler.timesteps), run))
-        if limit.on_loop_end is not None:
-            limit.on_loop_end(phase_name, len(scheduler.timesteps), run)
     return latents

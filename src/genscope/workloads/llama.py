@@ -30,7 +30,7 @@ from genscope.models.base import component
 from genscope.models.layers.attention import install_attention
 from genscope.models.llama import PRESETS, LlamaConfig
 from genscope.workloads.base import Generation, Pipeline, Request, Workload, check_range
-from genscope.workloads.phases import phase
+from genscope.workloads.phases import loop_steps, phase
 from genscope.workloads.text import HashTokenizer, LocalTokenizer, check_prompt
 
 # files that mark a (flat) weights folder as carrying its own tokenizer (data files, never code)
@@ -83,13 +83,15 @@ class LlamaPipeline(Pipeline):
             token = out.logits[:, -1].argmax(dim=-1, keepdim=True)  # [B, 1] greedy
         generated.append(token)
         logits = out.logits[:, -1]
-        for i in range(request.decode_tokens):
+        for i in loop_steps("decode", request.decode_tokens, growing=True):
             with phase("decode", step=i):
                 # token: [B, 1]; the cache holds P + i keys before this step, P + i + 1 during it
                 out = model(input_ids=token, past_key_values=cache, use_cache=True)
                 logits = out.logits[:, -1]  # [B, vocab]
                 token = logits.argmax(dim=-1, keepdim=True)
             generated.append(token)
+        # a StepLimit (shape-only counts) may have cut the loop: the tokens not generated repeat the last one
+        generated += generated[-1:] * (request.decode_tokens + 1 - len(generated))
         tokens = torch.cat(generated, dim=1)  # [B, N + 1]
         if tokens.device.type != "meta":
             tokens = tokens.cpu()

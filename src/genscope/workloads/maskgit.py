@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from genscope.workloads.phases import phase
+from genscope.workloads.phases import loop_steps, phase
 
 
 @dataclass
@@ -63,7 +63,9 @@ def parallel_decode(
     generator = torch.Generator("cpu").manual_seed(seed)
     tokens = torch.full((batch, seq_len), mask_token_id, dtype=torch.long, device=device)  # [B, L] all masked
     first_logits = None
-    for i, t in enumerate(scheduler.timesteps):
+    timesteps = list(scheduler.timesteps)
+    for i in loop_steps(phase_name, len(timesteps)):
+        t = timesteps[i]
         with phase(phase_name, step=i):
             model_input = torch.cat([tokens, tokens]) if use_cfg else tokens  # [N, L]
             logits = logits_fn(model_input)  # [N, L, V]

@@ -31,7 +31,7 @@ from genscope.models.base import check_multiple, component
 from genscope.models.layers.attention import install_attention
 from genscope.models.parti import PRESETS, PartiConfig
 from genscope.workloads.base import Generation, Pipeline, Request, RunSettings, Workload, to_pil
-from genscope.workloads.phases import phase
+from genscope.workloads.phases import loop_steps, phase
 from genscope.workloads.text import HashTokenizer
 
 
@@ -72,7 +72,7 @@ class PartiPipeline(Pipeline):
         token = torch.full((rows, 1), decoder.config.bos_token_id, dtype=torch.long, device=self.device)
         generator = torch.Generator("cpu").manual_seed(request.seed)
         sampled = []
-        for i in range(num_tokens):
+        for i in loop_steps("decode", num_tokens, growing=True):
             with phase("decode", step=i):
                 # token: [rows, 1]; self-attention keys: 1 + i (cached), cross-attention keys: text_len
                 out = decoder(input_ids=token, encoder_hidden_states=text, past_key_values=cache, use_cache=True)
@@ -88,6 +88,8 @@ class PartiPipeline(Pipeline):
                     next_token = scores.argmax(dim=-1).to(self.device)  # [B]
                 token = (next_token.repeat(2) if request.use_cfg else next_token)[:, None]
             sampled.append(next_token)
+        # a StepLimit (shape-only counts) may have cut the loop: the tokens not decoded repeat the last one
+        sampled += sampled[-1:] * (num_tokens - len(sampled))
         tokens = torch.stack(sampled, dim=1)  # [B, T]
         with phase("detokenizer"):
             pixels = detokenizer(tokens.view(batch, grid, grid))  # [B, 3, H, W], RGB in [0, 1]
@@ -101,6 +103,7 @@ class Parti(Workload):
     name = "parti"
     paper_model = "Parti (autoregressive transformer TTI)"
     family = "transformer (autoregressive)"
+    extra_options = ("--decode-tokens",)  # derived from the image size and checked against it
     modality = "image"
     phases = ("text_encoder", "decode", "detokenizer")
     presets = PRESETS

@@ -47,7 +47,6 @@ def test_model_equals_traced_matrices_for_stable_diffusion_at_three_sizes():
     assert summary["batch"].tolist() == [1]
 
 
-@pytest.mark.skipif("imagen" not in registry.available(), reason="the imagen workload is not in this checkout")
 def test_model_equals_traced_matrices_for_imagen():
     """Joint text+image (added-KV) attention, cross-attention-only blocks and IF's text pooling, all three UNets.
     The tiny cascade takes two output sizes (128 and 256); the third setting turns guidance off (batch 1)."""

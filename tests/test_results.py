@@ -229,9 +229,13 @@ def test_runs_cli(tmp_path, capsys):
     assert main(["runs", "show", "42", "--db", db]) == 2
     assert "no run with id 42" in capsys.readouterr().err
     assert main(["runs", "show", "x", "--db", db]) == 2
-    assert main(["runs", "list", "--db", str(tmp_path / "new.db")]) == 0
+    # a read command never creates a database: a mistyped --db is an error
+    assert main(["runs", "list", "--db", str(tmp_path / "new.db")]) == 2
+    assert "no results database at" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "new.db")
+    ResultsStore(tmp_path / "empty.db")
+    assert main(["runs", "list", "--db", str(tmp_path / "empty.db")]) == 0
     assert "no runs stored" in capsys.readouterr().out
-    assert os.path.exists(tmp_path / "new.db")
 
 
 @pytest.mark.parametrize("module", ["genscope", "genscope.cli"])
@@ -239,6 +243,7 @@ def test_python_dash_m_runs_the_cli(tmp_path, module):
     """``python -m genscope`` and ``python -m genscope.cli`` run the registered commands (the second used to
     fail: run as ``__main__``, the module's command table stayed empty) and keep the exit-code contract."""
     db = tmp_path / "results.db"
+    ResultsStore(db)
     ok = subprocess.run([sys.executable, "-m", module, "runs", "list", "--db", str(db)], capture_output=True,
                         text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
@@ -246,3 +251,25 @@ def test_python_dash_m_runs_the_cli(tmp_path, module):
     bad = subprocess.run([sys.executable, "-m", module, "runs", "show", "999", "--db", str(db)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_validity_of_timed_comparisons_is_stored_with_the_run(tmp_path, capsys):
+    """A run whose tables carry ``stable``/``busy``/``load_avg_1m`` is listed with them; a run without timed
+    comparisons, and every run stored before the columns existed, lists None (backward compatible)."""
+    db = tmp_path / "r.db"
+    store = ResultsStore(db)
+    speedup = pd.DataFrame({"workload": ["sd"], "e2e_speedup": [1.5], "stable": [False], "ci_pct": [12.0],
+                            "busy": [True], "load_avg_1m": [3.5]})
+    timed = store.save_run(_record(tables={"speedup": speedup}))
+    steady = store.save_run(_record(tables={"speedup": speedup.assign(stable=True, busy=False)}))
+    plain = store.save_run(_record())
+    with sqlite3.connect(db) as conn:  # a run written by an older genscope: no "measurement" in environment
+        conn.execute("UPDATE runs SET environment = ? WHERE id = ?", (json.dumps({"torch": "2.13.0"}), plain))
+    runs = store.list_runs().set_index("id")
+    assert runs.loc[timed, "stable"] is False and runs.loc[timed, "busy"] is True
+    assert runs.loc[steady, "stable"] is True and runs.loc[steady, "busy"] is False
+    assert runs.loc[plain, "stable"] is None
+    assert store.load_run(timed).environment["measurement"] == {"stable": False, "busy": True, "load_avg_1m": 3.5}
+    assert main(["runs", "list", "--db", str(db)]) == 0
+    lines = {int(line.split()[0]): line for line in capsys.readouterr().out.splitlines() if line.split()[0].isdigit()}
+    assert "UNSTABLE" in lines[timed] and "UNSTABLE" not in lines[steady] and "UNSTABLE" not in lines[plain]

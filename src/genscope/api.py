@@ -16,7 +16,7 @@ plain callable, attention is attributed only if its models were installed with
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pandas as pd
@@ -26,7 +26,9 @@ from torch import nn
 from genscope.errors import UserError, choice_error
 from genscope.instrument.profiler import Profile, profile_callable
 from genscope.models.layers.attention import BACKENDS, install_attention, use_backend
+from genscope.models.runtime import parse_device
 from genscope.studies.breakdown import breakdown_tables, merge
+from genscope.validate import check_count
 from genscope.workloads.phases import phase
 
 # diffusers pipeline component name -> genscope phase
@@ -88,15 +90,30 @@ def _pipeline_phases(pipe) -> Iterator[list[tuple[str, nn.Module]]]:
             leave()
 
 
-def profile(target: Any, *, inputs: tuple = (), call_kwargs: dict | None = None, attention: str = "both",
+def profile(target: Any, *, inputs: tuple = (), call_kwargs: Mapping[str, Any] | None = None, attention: str = "both",
             mode: str = "trace", repeat: int = 2, warmup: int = 1, device: str | torch.device | None = None,
             name: str = "model", trace_path: str | None = None) -> dict[str, pd.DataFrame]:
     """Operator-class breakdown of a user's model; the tables of :mod:`genscope.studies.breakdown`.
 
     attention: "both" (baseline and flash, interleaved: adds ``speedup``), "baseline", "flash", or "as-is"
     (the target's own attention, untouched).
+    Bad arguments (``repeat`` < 1, ``warmup`` < 0, ``inputs`` not a tuple, ``call_kwargs`` not a mapping
+    with string keys, an unknown or absent device) raise :class:`~genscope.errors.UserError` before anything
+    runs.
     """
+    check_count("repeat", repeat, minimum=1)
+    check_count("warmup", warmup, minimum=0)
+    if not isinstance(inputs, tuple):
+        raise UserError(f"inputs must be a tuple of positional arguments, got {type(inputs).__name__} "
+                        "(one argument x: inputs=(x,))")
+    if call_kwargs is not None and not isinstance(call_kwargs, Mapping):
+        raise UserError(f"call_kwargs must be a mapping of keyword arguments, got {type(call_kwargs).__name__}")
     call_kwargs = dict(call_kwargs or {})
+    bad_keys = [k for k in call_kwargs if not isinstance(k, str)]
+    if bad_keys:
+        raise UserError(f"call_kwargs keys must be argument names (strings), got {bad_keys[:3]!r}")
+    if device is not None:
+        device = parse_device(device)  # unknown, or CUDA without a GPU: UserError
     accepted = (*BACKENDS, "both", "as-is")
     if attention not in accepted:
         raise choice_error("attention", attention, accepted)

@@ -134,10 +134,13 @@ def _attention_range(call: AttentionCall):
 def _trace_once(run: Callable[[], object], components, device: torch.device, trace_path: Path | None):
     from torch.profiler import ProfilerActivity, profile
 
+    from genscope.instrument.native_stderr import profiler_started
+
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
-    with module_ranges(components), register_wrapper(_attention_range), profile(activities=activities) as prof:
+    with module_ranges(components), register_wrapper(_attention_range), \
+            profiler_started(profile(activities=activities)) as prof:  # without its USDT lines on stderr
         synchronize(device)
         start = time.perf_counter()
         # one root range: every self time lies inside it, so the classes sum to its duration exactly

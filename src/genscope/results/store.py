@@ -1,7 +1,8 @@
 """Durable run records: one embedded SQLite database (one file) holding every run and its tables.
 
 Why by hand: the standard library's ``sqlite3`` is the database; what is written here is the schema, the
-(lossless) DataFrame <-> JSON encoding, the safety checks and the queries - no library does those for us.
+safety checks and the queries - no library does those for us. The record itself, its key, environment and
+the (lossless) DataFrame <-> JSON encoding of its tables are in :mod:`genscope.results.records`.
 
 File: ``path`` if given, else ``$GENSCOPE_DB``, else ``~/.genscope/results.db``.
 
@@ -29,25 +30,29 @@ Safety:
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
-import importlib.metadata
 import json
 import math
 import os
-import platform
 import secrets
 import sqlite3
-import subprocess
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from genscope.errors import UserError
+from genscope.results.records import (  # noqa: F401 - re-exported: the store's public names
+    STATUS_COMPLETE,
+    RunRecord,
+    _dumps,
+    environment,
+    frame_from_json,
+    frame_to_json,
+    git_commit,
+    measurement_validity,
+    run_key,
+)
 
 SCHEMA_VERSION = 1
 APPLICATION = "genscope"
@@ -55,7 +60,6 @@ APPLICATION_ID = 0x47534350  # "GSCP", stored in the SQLite header (offset 68) b
 DEFAULT_PATH = Path("~/.genscope/results.db")
 ENV_VAR = "GENSCOPE_DB"
 BUSY_TIMEOUT_S = 60.0
-STATUS_COMPLETE = "complete"
 
 # SQLite file format (https://www.sqlite.org/fileformat.html#the_database_header): 16-byte magic string,
 # application id as a big-endian 32-bit integer at byte offset 68; the header is 100 bytes long.
@@ -97,135 +101,6 @@ _RUN_COLUMNS = ("id", "study", "workload", "preset", "settings", "device", "dtyp
                 "git_commit", "created_at", "key", "status")
 
 
-@dataclass
-class RunRecord:
-    """One run: what was asked (study, workload, preset, settings, device, dtype) and its result tables.
-
-    ``key`` is the resume key (empty: derived from the other fields by :func:`run_key`); ``environment``
-    and ``git_commit`` are filled in from this process when left ``None``; ``id`` and ``created_at`` are
-    set by :meth:`ResultsStore.save_run`.
-    """
-
-    study: str
-    workload: str
-    preset: str
-    settings: dict[str, Any]
-    device: str
-    dtype: str
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
-    key: str = ""
-    environment: dict[str, Any] | None = None
-    git_commit: str | None = None
-    id: int | None = None
-    created_at: str | None = None
-    status: str = STATUS_COMPLETE
-
-
-def _jsonable(value: Any) -> Any:
-    """``json.dumps`` fallback: numpy scalars, timestamps, paths, dtypes, tuples."""
-    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
-        try:
-            return value.item()
-        except (TypeError, ValueError):
-            pass
-    if isinstance(value, (datetime, pd.Timestamp)):
-        return value.isoformat()
-    if isinstance(value, (set, frozenset)):
-        return sorted(value, key=str)
-    return str(value)
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, default=_jsonable, sort_keys=True)
-
-
-def run_key(study: str, workload: str, preset: str, settings: Mapping[str, Any], device: str, dtype: str) -> str:
-    """Stable resume key: SHA-256 of the canonical JSON of what defines a run (not of when or where)."""
-    canonical = _dumps({"study": study, "workload": workload, "preset": preset, "settings": dict(settings),
-                        "device": str(device), "dtype": str(dtype)})
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def environment() -> dict[str, str]:
-    """Versions and machine of this process (package metadata only: nothing heavy is imported)."""
-
-    def version(dist: str) -> str:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            return "not installed"
-
-    import genscope
-
-    return {"genscope": genscope.__version__, "torch": version("torch"), "diffusers": version("diffusers"),
-            "transformers": version("transformers"), "pandas": version("pandas"),
-            "python": platform.python_version(), "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "hostname": platform.node()}
-
-
-@functools.cache
-def git_commit() -> str:
-    """``git rev-parse HEAD`` of the repository genscope is imported from, else ``"unknown"``."""
-    package_dir = Path(__file__).resolve().parent.parent
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=package_dir, capture_output=True, text=True,
-                             timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    commit = out.stdout.strip()
-    return commit if out.returncode == 0 and len(commit) >= 7 else "unknown"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# DataFrame <-> JSON (lossless for the column types studies produce: numbers, strings, bools, None/NaN)
-
-
-def frame_to_json(df: pd.DataFrame) -> str:
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"a stored table must be a pandas DataFrame, got {type(df).__name__}")
-    if isinstance(df.columns, pd.MultiIndex) or isinstance(df.index, pd.MultiIndex):
-        raise TypeError("stored tables need flat columns and a flat index (call reset_index() first)")
-    split = df.to_dict(orient="split")
-    default_index = isinstance(df.index, pd.RangeIndex) and df.index.start == 0 and df.index.step == 1 \
-        and df.index.name is None
-    payload = {
-        "columns": split["columns"],
-        "dtypes": [str(t) for t in df.dtypes],
-        "index": None if default_index else split["index"],
-        "index_dtype": None if default_index else str(df.index.dtype),
-        "index_name": df.index.name,
-        "data": split["data"],
-    }
-    return json.dumps(payload, default=_jsonable, allow_nan=True)
-
-
-def _restore_dtype(series: pd.Series, dtype: str) -> pd.Series:
-    if str(series.dtype) == dtype:
-        return series
-    try:
-        return series.astype(dtype)
-    except (TypeError, ValueError):
-        return series
-
-
-def frame_from_json(text: str) -> pd.DataFrame:
-    payload = json.loads(text)
-    columns = payload["columns"]
-    if columns:
-        df = pd.DataFrame(payload["data"], columns=columns)
-    else:
-        df = pd.DataFrame(index=range(len(payload["data"])))
-    for i, dtype in enumerate(payload["dtypes"]):
-        df.isetitem(i, _restore_dtype(df.iloc[:, i], dtype))
-    if payload["index"] is not None:
-        index = pd.Index(payload["index"], name=payload["index_name"])
-        if payload.get("index_dtype"):
-            with contextlib.suppress(TypeError, ValueError):
-                index = index.astype(payload["index_dtype"])
-        df.index = index
-    return df
-
-
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -236,10 +111,21 @@ def resolve_path(path: str | os.PathLike | None = None) -> Path:
 
 
 class ResultsStore:
-    """The results database. ``ResultsStore()`` opens (creating if needed) ``$GENSCOPE_DB`` or the default."""
+    """The results database. ``ResultsStore()`` opens (creating if needed) ``$GENSCOPE_DB`` or the default.
 
-    def __init__(self, path: str | os.PathLike | None = None) -> None:
-        self.path = resolve_path(path)
+    ``readonly=True`` (the read commands: runs, report): the file must exist - a mistyped ``--db`` is an
+    error, never a new empty database - and is opened with SQLite's ``mode=ro``. A database in a folder this
+    process cannot write (read-only media, another user's folder) is opened read-only in either mode; if its
+    folder also lacks the WAL's ``-shm`` file, which SQLite would have to create, it is opened
+    ``immutable=1`` - safe because without a ``-wal`` file every committed transaction is in the main file
+    and no writer can be running (a writer would have created the ``-wal`` file).
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, *, readonly: bool = False) -> None:
+        from genscope.validate import check_path_name
+
+        self.path = check_path_name("results database path", resolve_path(path))
+        self.readonly = readonly
         self._open()
 
     def __repr__(self) -> str:
@@ -256,6 +142,9 @@ class ResultsStore:
             raise UserError(f"results database path {str(self.path)!r} is a folder; give a file name, e.g. "
                             f"{str(self.path / 'results.db')!r}")
         if not self.path.exists():
+            if self.readonly:
+                raise UserError(f"no results database at {str(self.path)!r} (nothing stored there yet, or a "
+                                "mistyped --db PATH)")
             self._create()
         self._check_header()
         self._check_meta()
@@ -345,10 +234,23 @@ class ResultsStore:
         return UserError(f"results database {str(self.path)!r} is unreadable or corrupt ({exc}); genscope will "
                          "not repair or overwrite it - move it aside or choose another --db PATH")
 
+    def _uri(self) -> str:
+        """SQLite URI: read-write, ``mode=ro``, or ``mode=ro&immutable=1`` (see the class docstring)."""
+        from urllib.parse import quote
+
+        folder = self.path.absolute().parent
+        folder_writable = os.access(folder, os.W_OK | os.X_OK)
+        uri = f"file:{quote(str(self.path.absolute()))}"
+        if folder_writable and not self.readonly:
+            return uri
+        shm_ok = Path(f"{self.path}-shm").exists() or folder_writable
+        wal_exists = Path(f"{self.path}-wal").exists()
+        return f"{uri}?mode=ro" + ("&immutable=1" if not shm_ok and not wal_exists else "")
+
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         try:
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            conn = sqlite3.connect(self._uri(), timeout=BUSY_TIMEOUT_S, isolation_level=None, uri=True)
         except sqlite3.Error as exc:
             raise UserError(f"cannot open results database {str(self.path)!r}: {exc}") from None
         try:
@@ -386,6 +288,9 @@ class ResultsStore:
         key = record.key or run_key(record.study, record.workload, record.preset, record.settings,
                                     record.device, record.dtype)
         env = record.environment if record.environment is not None else environment()
+        validity = measurement_validity(record.tables)
+        if validity is not None:
+            env = {**env, "measurement": validity}
         commit = record.git_commit or git_commit()
         created_at = record.created_at or datetime.now(UTC).isoformat(timespec="seconds")
         row = (record.study, record.workload, record.preset, _dumps(dict(record.settings)), record.device,
@@ -425,10 +330,9 @@ class ResultsStore:
 
     def load_run(self, run_id: int) -> RunRecord:
         """The run with this id, tables included; an unknown id is a ``UserError``."""
-        try:
-            run_id = int(run_id)
-        except (TypeError, ValueError):
-            raise UserError(f"run id must be an integer, got {run_id!r}") from None
+        from genscope.validate import check_run_id
+
+        run_id = check_run_id(run_id)
         with self._connect() as conn:
             row = conn.execute(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
@@ -459,7 +363,8 @@ class ResultsStore:
 
     def list_runs(self, study: str | None = None, workload: str | None = None) -> pd.DataFrame:
         """One row per stored run (newest last): id, study, workload, preset, device, dtype, created_at,
-        git_commit, key, status, tables (comma-separated names)."""
+        git_commit, key, status, tables (comma-separated names), stable and busy (see
+        :func:`measurement_validity`; None for runs without timed comparisons or stored before them)."""
         where, params = [], []
         for column, value in (("study", study), ("workload", workload)):
             if value is not None:
@@ -470,10 +375,14 @@ class ResultsStore:
             rows = conn.execute(
                 "SELECT r.id, r.study, r.workload, r.preset, r.device, r.dtype, r.created_at, r.git_commit, "
                 "r.key, r.status, (SELECT group_concat(name, ',') FROM (SELECT name FROM run_tables t "
-                f"WHERE t.run_id = r.id ORDER BY t.position)) FROM runs r {clause} ORDER BY r.id", params).fetchall()
+                f"WHERE t.run_id = r.id ORDER BY t.position)), r.environment FROM runs r {clause} ORDER BY r.id",
+                params).fetchall()
         columns = ["id", "study", "workload", "preset", "device", "dtype", "created_at", "git_commit", "key",
-                   "status", "tables"]
+                   "status", "tables", "environment"]
         df = pd.DataFrame(rows, columns=columns)
+        validity = [json.loads(env or "{}").get("measurement") or {} for env in df.pop("environment")]
+        df["stable"] = [v.get("stable") for v in validity]  # None: the run has no timed comparison
+        df["busy"] = [v.get("busy") for v in validity]
         df["id"] = df["id"].astype("int64")
         df["tables"] = df["tables"].fillna("")
         return df

@@ -131,6 +131,21 @@ class Workload(abc.ABC):
     presets: ClassVar[PresetTable]
     weights_subfolders: ClassVar[tuple[str, ...]] = ()  # for --weights DIR
     weights_note: ClassVar[str] = ""
+    # a user option applies when the preset's config has its field (steps for a diffusion loop, decode_tokens for
+    # an autoregressive one); extra_options: options a workload derives and validates itself (Parti's tokens)
+    # (--frames is refused for non-video workloads by request() itself)
+    OPTION_FIELDS: ClassVar[dict[str, str]] = {"--steps": "steps", "--guidance-scale": "guidance_scale",
+                                               "--decode-tokens": "decode_tokens", "--image-size": "image_size"}
+    extra_options: ClassVar[tuple[str, ...]] = ()
+
+    def check_options_apply(self, settings: RunSettings) -> None:
+        """A user option this workload does not use is an error, not silently ignored (UserError)."""
+        from genscope.validate import refuse_inapplicable
+
+        config = self.config(settings.preset)
+        given = {opt: getattr(settings, field) for opt, field in self.OPTION_FIELDS.items()}
+        applicable = [opt for opt, field in self.OPTION_FIELDS.items() if hasattr(config, field)]
+        refuse_inapplicable(f"{self.name} ({self.family})", given, [*applicable, *self.extra_options])
 
     # ----- configuration -------------------------------------------------------------------------
     def config(self, preset: str) -> ModelConfig:

@@ -27,7 +27,9 @@ def check_prompt(prompt: str) -> str:
         raise UserError(f"prompt has {len(prompt)} characters; at most {MAX_PROMPT_CHARS}")
     if any(ord(ch) < 32 and ch not in "\t\n" for ch in prompt):
         raise UserError("prompt contains control characters")
-    return prompt
+    from genscope.validate import check_text
+
+    return check_text("prompt", prompt)  # undecodable bytes (surrogate escapes) are refused
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,43 @@ from genscope.workloads import registry  # noqa: E402
 from genscope.workloads.base import RunSettings  # noqa: E402
 from genscope.workloads.phases import record_phases  # noqa: E402
 
-DEFAULT_PASSES = "fused_groupnorm,fused_geglu,selective_flash,winograd"
+DEFAULT_PASSES = "auto"  # precision and passes chosen by measurement here (genscope.passes.auto)
+
+
+def cast_io(module: torch.nn.Module) -> None:
+    """Hooks: floating inputs cast to ``module``'s weight dtype at each call, outputs back to float32 (a no-op
+    while the weights are float32, e.g. after the passes are undone for the baseline)."""
+    from genscope.passes.base import model_dtype
+
+    def cast(x, to):
+        return x.to(to) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
+    def pre(mod, args, kwargs):
+        dtype = model_dtype(mod)
+        return tuple(cast(a, dtype) for a in args), {k: cast(v, dtype) for k, v in kwargs.items()}
+
+    def post(mod, args, kwargs, out):
+        if hasattr(out, "sample"):
+            out.sample = cast(out.sample, torch.float32)
+            return out
+        return cast(out, torch.float32)
+
+    module.register_forward_pre_hook(pre, with_kwargs=True)
+    module.register_forward_hook(post, with_kwargs=True)
+
+
+def apply_passes(module, passes, args, kwargs, budget):
+    """The log of ``passes`` (or of the measured choice, ``("auto",)``) applied to ``module``."""
+    if passes == ("auto",):
+        from genscope.passes.auto import apply_auto
+        from genscope.passes.base import model_dtype
+
+        log = apply_auto(module, PassConfig.auto(module, args, kwargs, winograd_weight_budget=budget))
+        if model_dtype(module) != torch.float32:
+            cast_io(module)
+        return log
+    return apply(module, PassConfig(passes=passes, example_inputs=args, example_kwargs=kwargs,
+                                    winograd_weight_budget=budget))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,12 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     passes = tuple(p.strip() for p in args.passes.split(",") if p.strip())
     say(f"applying {', '.join(passes)} to the UNet and the VAE decoder")
     start = time.perf_counter()
-    logs = [apply(unet, PassConfig(passes=passes, example_inputs=(sample, torch.tensor(500)),
-                                   example_kwargs={"encoder_hidden_states": text},
-                                   winograd_weight_budget=args.winograd_budget))]
+    logs = [apply_passes(unet, passes, (sample, torch.tensor(500)), {"encoder_hidden_states": text},
+                         args.winograd_budget)]
     z = torch.randn(1, vae.config.latent_channels, latent, latent, generator=gen)
-    logs.append(apply(vae.decoder, PassConfig(passes=passes, example_inputs=(vae.post_quant_conv(z),),
-                                              winograd_weight_budget=args.winograd_budget)))
+    with torch.inference_mode():
+        decoder_input = vae.post_quant_conv(z)
+    logs.append(apply_passes(vae.decoder, passes, (decoder_input,), {}, args.winograd_budget))
     say(f"passes applied in {time.perf_counter() - start:.1f} s: " + " | ".join(log.summary() for log in logs))
 
     def switch(optimized: bool) -> None:

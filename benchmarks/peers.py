@@ -5,12 +5,15 @@ On this machine, in one run, interleaved (every repetition runs every contestant
 * ``diffusers-fp32``: diffusers' ``UNet2DConditionModel`` as users run it - float32 weights, its default
   attention processor (``AttnProcessor2_0``: ``scaled_dot_product_attention``);
 * ``diffusers-bf16``: the same with weights stored in bfloat16 (``.to(torch.bfloat16)``);
-* ``compile-bf16`` (``--compile``): ``torch.compile`` (inductor, ``freezing=True``) of the bf16 model; the
-  compile time (first call) is reported separately - minutes at paper scale;
-* ``genscope``: genscope's optimized UNet (the passes of ``--passes``; per-shape decisions measured and
-  cached in ``~/.genscope``).
+* ``compile-<dtype>`` (``--compile``): ``torch.compile`` (inductor, ``freezing=True``) in the dtype that
+  measures fastest here (``--compile-dtype auto``); the compile time (first call) is reported separately -
+  minutes at paper scale;
+* ``genscope``: genscope's optimized UNet (``--passes auto``: precision and passes chosen by measurement,
+  :mod:`genscope.passes.auto`; per-shape decisions measured and cached in ``~/.genscope``).
 
-Prints the median step time of each (with the min-max spread), the ratios, the achieved FLOP/s (FLOPs of the
+Prints the median step time of each (with the min-max spread and its 95% interval, timed by
+genscope.instrument.measure: interleaved rounds until every median is within 5% or ``--budget-s`` runs out;
+UNSTABLE otherwise, with the machine's load), the ratios, the achieved FLOP/s (FLOPs of the
 step counted on the meta device) against the machine's measured matmul ceilings
 (:func:`genscope.hardware.measure.measure_ceilings`), and the max relative error of each output against
 diffusers' float32 output. ``--json FILE`` writes everything.
@@ -27,7 +30,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -37,9 +39,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from genscope.instrument.measure import measure  # noqa: E402
 from genscope.models.layers.attention import install_attention, use_backend  # noqa: E402
 from genscope.passes import PassConfig, apply  # noqa: E402
+from genscope.passes.base import model_dtype  # noqa: E402
 from genscope.passes.oracle import max_relative_error  # noqa: E402
+from genscope.passes.winograd_flops import flops_saved  # noqa: E402
 from genscope.studies.optimization import (  # noqa: E402
     PAPER_WINOGRAD_WEIGHT_GROWTH,
     cfg_step,
@@ -49,10 +54,9 @@ from genscope.studies.optimization import (  # noqa: E402
     weight_bytes,
 )
 
-# genscope's optimized configuration on CPUs without bf16 matrix units (measured on this checkout's AMD EPYC, AVX2
-# only: a bf16 3x3 convolution ran 150x slower than float32, so bf16_weights is left out; channels_last measured
-# 5 % slower than without at paper scale). On CPUs with AMX, add bf16_weights.
-DEFAULT_PASSES = "fused_groupnorm,fused_geglu,selective_flash,winograd"
+# "auto": the precision and the passes chosen by measurement on the machine this runs on (genscope.passes.auto,
+# decisions cached per device key); a comma-separated list applies those passes as given, in float32.
+DEFAULT_PASSES = "auto"
 
 
 def share_structure(model: nn.Module) -> nn.Module:
@@ -75,10 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="paper")
     parser.add_argument("--image-size", type=int, default=512)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=6, help="minimum interleaved rounds (6: a 95%% interval)")
+    parser.add_argument("--budget-s", type=float, default=600.0, help="time budget of the timed rounds")
     parser.add_argument("--threads", type=int)
-    parser.add_argument("--compile", action="store_true", help="add torch.compile (inductor, freezing) in bf16")
-    parser.add_argument("--compile-dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    parser.add_argument("--compile", action="store_true",
+                        help="add torch.compile (inductor, freezing) in --compile-dtype")
+    parser.add_argument("--compile-dtype", default="auto", choices=("auto", "bfloat16", "float32"),
+                        help="auto (default): the dtype that measures fastest here (genscope.passes.auto's probe)")
     parser.add_argument("--passes", default=DEFAULT_PASSES, help=f"genscope passes (default {DEFAULT_PASSES})")
     parser.add_argument("--winograd-budget", default=str(round(PAPER_WINOGRAD_WEIGHT_GROWTH, 3)),
                         help="Winograd weight budget(s), fractions of the weights, comma-separated: one genscope "
@@ -118,6 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         if "diffusers-bf16" not in skip:
             contestants["diffusers-bf16"] = (bf16, torch.bfloat16)
     compile_s = None
+    if args.compile and args.compile_dtype == "auto":
+        from genscope.passes.auto import choose_precision
+        from genscope.passes.decisions import DecisionCache
+
+        args.compile_dtype, row = choose_precision(base, torch.device("cpu"), ("float32", "bfloat16"),
+                                                   cache=DecisionCache())
+        say(f"compile dtype: {args.compile_dtype} (measured: {row})")
     if args.compile:
         import torch._inductor.config as inductor_config
 
@@ -143,52 +157,72 @@ def main(argv: list[str] | None = None) -> int:
             ours = share_structure(base)
             install_attention(ours, "denoiser")
             start = time.perf_counter()
-            logs[name] = apply(ours, PassConfig(passes=passes, example_inputs=example[0], example_kwargs=example[1],
-                                                winograd_weight_budget=budget))
-            say(f"{name}: passes applied in {time.perf_counter() - start:.1f} s: {logs[name].summary()}")
-            contestants[name] = (ours, torch.bfloat16 if "bf16_weights" in passes else torch.float32)
+            if passes == ("auto",):
+                from genscope.passes.auto import apply_auto, summary
 
-    outputs, times = {}, {name: [] for name in contestants}
+                pass_config = PassConfig.auto(ours, example[0], example[1], winograd_weight_budget=budget)
+                say(f"{name}: chosen in {time.perf_counter() - start:.1f} s: {', '.join(pass_config.passes)} "
+                    f"({summary(pass_config.auto_decisions)})")
+                logs[name] = apply_auto(ours, pass_config)
+            else:
+                logs[name] = apply(ours, PassConfig(passes=passes, example_inputs=example[0],
+                                                    example_kwargs=example[1], winograd_weight_budget=budget))
+            say(f"{name}: passes applied in {time.perf_counter() - start:.1f} s: {logs[name].summary()}")
+            contestants[name] = (ours, model_dtype(ours))
+
+    outputs = {}
     with torch.inference_mode(), use_backend("flash"):
         for name, (model, _) in contestants.items():  # warm-up + outputs for the error column
             say(f"warm-up {name}")
             outputs[name] = cfg_step(model, inputs)
-        for rep in range(args.repeat):
-            for name, (model, _) in contestants.items():
-                start = time.perf_counter()
-                cfg_step(model, inputs)
-                times[name].append((time.perf_counter() - start) * 1e3)
-            say(f"repetition {rep + 1}/{args.repeat}: " + ", ".join(f"{n} {t[-1]:,.0f} ms" for n, t in times.items()))
+        # interleaved rounds until every median's 95% interval is within 5% (or the budget runs out)
+        timing = measure({name: (lambda model=model: cfg_step(model, inputs)) for name, (model, _) in contestants.items()},
+                         warmup=0, min_reps=args.repeat, max_reps=max(args.repeat, 50), budget_s=args.budget_s,
+                         progress=lambda name, rnd: say(f"round {rnd + 1}: {name}"))
+    load = timing.load
+    say(f"load during the measurement: load average {load.load_avg_1m:.2f}, other processes "
+        f"{100 * load.others_cpu_share:.0f}% of {load.cores} cores" + (f" - BUSY: {load.busy_reason}" if load.busy else ""))
     reference = outputs.get("diffusers-fp32")
     rows = []
     for name, (model, dtype) in contestants.items():
-        med = statistics.median(times[name])
+        t = timing.row(name)
+        med = t["median_ms"]
         rows.append({"contestant": name, "dtype": str(dtype).removeprefix("torch."), "time_ms": med,
-                     "min_ms": min(times[name]), "max_ms": max(times[name]),
+                     "min_ms": t["min_ms"], "max_ms": t["max_ms"], "ci_pct": t["ci_pct"], "stable": bool(t["stable"]),
+                     "reps": int(t["reps"]),
                      "gflops_per_s": flops / med / 1e6,
                      "pct_of_bf16_ceiling": 100 * flops / (med / 1e3) / peaks["bfloat16"] if "bfloat16" in peaks else None,
                      "pct_of_fp32_ceiling": 100 * flops / (med / 1e3) / peaks["float32"] if "float32" in peaks else None,
                      "weight_mb": weight_bytes(model) / 2**20 if isinstance(model, nn.Module) and name != f"compile-{args.compile_dtype}" else None,
-                     "max_rel_error": max_relative_error(outputs[name], reference) if reference is not None else None})
+                     "max_rel_error": max_relative_error(outputs[name], reference) if reference is not None else None,
+                     # FLOPs actually executed: the direct UNet's minus what Winograd saves (both counted per step)
+                     "executed_gflop": (flops - flops_saved(model)) / 1e9 if name in logs else flops / 1e9})
     by = {r["contestant"]: r["time_ms"] for r in rows}
+    for r in rows:
+        if r["contestant"] in logs:
+            say(f"{r['contestant']}: {r['executed_gflop']:,.1f} GFLOP executed per step ({flops / 1e9:,.1f} direct)")
     print(f"SD UNet step with CFG, {args.preset}, {args.image_size}x{args.image_size}, {torch.get_num_threads()} threads, "
-          f"median of {args.repeat} interleaved repetitions ({flops / 1e9:,.1f} GFLOP)")
+          f"median of {rows[0]['reps']} interleaved repetitions ({timing.stop_reason}; {flops / 1e9:,.1f} GFLOP)")
     for r in rows:
         print(f"  {r['contestant']:>16}: {r['time_ms']:>10,.0f} ms  [{r['min_ms']:,.0f}-{r['max_ms']:,.0f}]  "
               f"{r['gflops_per_s']:7.1f} GFLOP/s"
               + (f"  {r['pct_of_bf16_ceiling']:5.1f}% of bf16 / {r['pct_of_fp32_ceiling']:5.1f}% of fp32 matmul ceiling"
                  if r["pct_of_bf16_ceiling"] is not None else "")
-              + (f"  max rel err {r['max_rel_error']:.2e}" if r["max_rel_error"] is not None else ""))
+              + (f"  max rel err {r['max_rel_error']:.2e}" if r["max_rel_error"] is not None else "")
+              + ("" if r["stable"] else f"  UNSTABLE (95% CI +-{r['ci_pct']:.1f}%)"))
     ratios = {}
     for ours in [n for n in by if n.startswith("genscope")]:
         for other in [n for n in by if not n.startswith("genscope")]:
-            ratios[f"{ours} vs {other}"] = by[other] / by[ours]
-            print(f"  {ours} is {by[other] / by[ours]:.2f}x faster than {other}")
+            ratio = timing.ratio(other, ours)
+            ratios[f"{ours} vs {other}"] = ratio
+            print(f"  {ours} is {ratio['ratio']:.2f}x faster than {other} [{ratio['ratio_low']:.2f}-"
+                  f"{ratio['ratio_high']:.2f}]{'' if ratio['stable'] else '  UNSTABLE'}")
     if compile_s is not None:
         print(f"  torch.compile: {compile_s:,.1f} s to compile (first call included)")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "ratios": ratios, "compile_s": compile_s, "flops": flops,
                                                "ceilings_flops_per_s": peaks, "threads": torch.get_num_threads(),
+                                               "load": load.table().to_dict(orient="records")[0],
                                                "swaps": {n: lg.table().to_dict(orient="records") for n, lg in logs.items()},
                                                "notes": {n: lg.notes for n, lg in logs.items()}}, indent=2, default=str))
     return 0

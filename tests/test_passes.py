@@ -18,7 +18,7 @@ from genscope.models.layers.attention import (
     use_backend,
 )
 from genscope.models.layers.partial_softmax import partial_softmax_attention, softmax_row_stats
-from genscope.models.layers.triton_support import triton_available, triton_installed
+from genscope.models.layers.triton_support import triton_available
 from genscope.passes import PASS_NAMES, PassConfig, PassRefused, apply
 from genscope.passes.kernels import cpu as kcpu
 from genscope.passes.kernels import winograd_math as wm
@@ -340,7 +340,8 @@ def test_fused_kernels_meet_the_oracle_in_16_bit():
 
 
 def test_ablation_runs_end_to_end_on_tiny(tmp_path):
-    from genscope.studies.optimization import ROWS, run_ablation, winograd_table
+    from genscope.studies.optimization import ROWS, run_ablation
+    from genscope.studies.winograd_table import winograd_table
 
     tables = run_ablation(preset="tiny", repeats=1, profile=False, measure=False)
     ab = tables["ablation"]
@@ -350,7 +351,7 @@ def test_ablation_runs_end_to_end_on_tiny(tmp_path):
     # bf16 weights and activations (8-bit significands) through the tiny UNet: a few % of rounding (5.1 % on an
     # AVX-512 Xeon, less on AVX2), no more - a wrong weight or layout would be O(1)
     assert 1e-4 < ab["rel_error"].iloc[5] < 0.1
-    assert list(ab["dtype"]) == ["float32"] * 5 + ["bfloat16"] * 2
+    assert list(ab["dtype"]) == ["float32"] * 5 + ["bfloat16"] * (len(ROWS) - 5)  # bf16 and every row after it
     # Winograd everywhere (measure=False: the paper's F(4x4), or F(2x2) where F(4x4) fails the float32 oracle on
     # this machine) keeps U = (m+2)^2/9 x the 3x3 weights; bf16 halves the model's own weights
     # (U stays float32: bf16 products fail the oracle)
@@ -392,16 +393,16 @@ def test_cli_ablation_stores_and_reports(tmp_path, capsys):
     from genscope.results.store import ResultsStore
 
     page = render(ResultsStore(db))
+    page = page.replace("<wbr>", "")  # the report lets long cells break after '/' and inside CamelCase
     assert "Table 1: one UNet step" in page and "+ fused GroupNorm/GELU" in page
 
 
-@pytest.mark.skipif(not triton_installed(), reason="triton is not installed")
-def test_triton_kernels_match_the_cpu_ones(monkeypatch):
-    if not torch.cuda.is_available():
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if not triton_available(device):
-        pytest.skip("triton cannot run here")
+@pytest.mark.gpu
+def test_triton_kernels_match_the_cpu_ones():
+    # on CPU the same kernels run under TRITON_INTERPRET=1 in tests/test_triton_interpret.py (the variable must
+    # be set before triton is imported, so there they run in a subprocess)
+    device = "cuda"
+    assert triton_available(device), "triton is not installed"
     from genscope.models.layers import partial_softmax_triton as pst
     from genscope.passes.kernels import triton_kernels as tk
 

@@ -33,9 +33,10 @@ _add("Convolution", "conv1d", "conv2d", "conv3d", "convolution", "_convolution",
      "conv_transpose3d", "mkldnn_convolution", "cudnn_convolution", "_nnpack_spatial_convolution",
      "slow_conv2d_forward", "_slow_conv2d_forward", "slow_conv3d_forward", "convolution_overrideable",
      "_mkldnn_convolution", "mkldnn_rnn_layer", "thnn_conv2d", "slow_conv_dilated2d",
-     "slow_conv_transpose2d", "cudnn_convolution_transpose", "mkldnn_convolution_transpose")
+     "slow_conv_transpose2d", "cudnn_convolution_transpose", "mkldnn_convolution_transpose",
+     "_convolution_pointwise", "mkldnn_reorder_conv2d_weight", "to_mkldnn")
 _add("Linear", "linear", "addmm", "mm", "bmm", "baddbmm", "matmul", "_addmm_activation", "addbmm", "einsum",
-     "mkldnn_linear", "_mkl_linear", "dot", "mv", "addmv", "tensordot", "_int_mm")
+     "mkldnn_linear", "_mkl_linear", "dot", "mv", "addmv", "tensordot", "_int_mm", "_linear_pointwise")
 _add("GroupNorm", "group_norm", "native_group_norm")
 _add("LayerNorm", "layer_norm", "native_layer_norm", "rms_norm", "_fused_rms_norm", "batch_norm",
      "native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training", "_batch_norm_impl_index",
@@ -118,12 +119,14 @@ MODULE_CLASSES: dict[str, str] = {
 }
 
 ATTENTION_RANGE = "genscope::attention"
+# operator namespaces whose op names are looked up in the tables (oneDNN's fused ops live in mkldnn::)
+OP_NAMESPACES = ("aten::", "mkldnn::", "prims::", "quantized::")
 
 
 @lru_cache(maxsize=65536)
 def op_class(name: str) -> str:
     """Class of an ATen op (``aten::conv2d`` or ``conv2d``) or a GPU kernel name; ``Other`` if unknown."""
-    base = name.split("::", 1)[1] if name.startswith("aten::") else name
+    base = name.split("::", 1)[1] if name.startswith(OP_NAMESPACES) else name
     base = base.split(".", 1)[0]  # overload names: add.Tensor -> add
     if base in _EXACT:
         return _EXACT[base]

@@ -13,7 +13,9 @@ The returned :class:`SwapLog` is a ``list[Swap]`` with ``notes`` (what a pass di
 ``redo()`` its swaps, which is how the ablation switches one model between configurations.
 
 Passes (module per pass): ``partial_softmax``, ``fused_groupnorm``, ``fused_geglu``, ``selective_flash``,
-``winograd``, ``bf16_weights``, ``channels_last``.
+``winograd``, ``bf16_weights``, ``channels_last``, ``fused_qkv``, ``prepacked_conv``, ``onednn_linear``.
+``PassConfig.auto(model, ...)`` chooses the precision and the passes by measurement
+(:mod:`genscope.passes.auto`); ``apply`` undoes a call's swaps when one of its passes is refused.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ PASS_MODULES: dict[str, str] = {
     "winograd": "genscope.passes.winograd:WinogradPass",
     "bf16_weights": "genscope.passes.bf16_weights:LowPrecisionWeightsPass",
     "channels_last": "genscope.passes.channels_last:ChannelsLastPass",
+    "fused_qkv": "genscope.passes.fused_qkv:FusedQKVPass",
+    "prepacked_conv": "genscope.passes.prepacked_conv:PrepackedConvPass",
+    "onednn_linear": "genscope.passes.onednn_linear:OneDNNLinearPass",
 }
 PASS_NAMES: tuple[str, ...] = tuple(PASS_MODULES)
 
@@ -84,6 +89,15 @@ class PassConfig:
     flash_head_dims: tuple[int, ...] = (40,)  # Chen et al. 2023, Sec. 3.2.2: flash for d = 40 on Adreno/Apple
     repeats: int = 3
     decisions_path: str | None = None
+
+    @classmethod
+    def auto(cls, model: nn.Module, example_inputs: tuple = (), example_kwargs: Mapping[str, Any] | None = None,
+             **kwargs: Any) -> PassConfig:
+        """Precision and passes chosen by measurement on ``model``'s device (:func:`genscope.passes.auto.auto_config`;
+        apply it with :func:`genscope.passes.auto.apply_auto` to fall back to float32 if 16-bit fails its oracle)."""
+        from genscope.passes.auto import auto_config
+
+        return auto_config(model, example_inputs, example_kwargs, **kwargs)
 
     def validate(self) -> None:
         for name in self.passes:
@@ -281,8 +295,15 @@ class PassContext:
         return bool(self.config.example_inputs) or bool(self.config.example_kwargs)
 
     def run_example(self) -> None:
+        """One forward on the example inputs, floating tensors cast to the model's current dtype."""
+        dtype = model_dtype(self.model)
+
+        def cast(x):
+            return x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
         with torch.inference_mode():
-            self.model(*self.config.example_inputs, **dict(self.config.example_kwargs))
+            self.model(*[cast(x) for x in self.config.example_inputs],
+                       **{k: cast(v) for k, v in dict(self.config.example_kwargs).items()})
 
 
 class Pass:
@@ -313,10 +334,14 @@ def apply(model: nn.Module, config: PassConfig, filter_fn: FilterFn | None = Non
     device = model_device(model)
     backend = resolve_backend(config.backend, device)
     log = SwapLog()
-    for name in config.passes:
-        ctx = PassContext(model, config, filter_fn, name, log, backend)
-        before = len(log)
-        get_pass(name).run(ctx)
-        if len(log) == before and not any(n.startswith(f"{name}:") for n in log.notes):
-            ctx.note("nothing to swap in this model; nothing changed")
+    try:
+        for name in config.passes:
+            ctx = PassContext(model, config, filter_fn, name, log, backend)
+            before = len(log)
+            get_pass(name).run(ctx)
+            if len(log) == before and not any(n.startswith(f"{name}:") for n in log.notes):
+                ctx.note("nothing to swap in this model; nothing changed")
+    except BaseException:
+        log.undo()  # a refused pass leaves the model as it was
+        raise
     return log

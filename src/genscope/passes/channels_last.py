@@ -43,8 +43,6 @@ class ChannelsLastPass(Pass):
     title = "channels-last"
 
     def run(self, ctx: PassContext) -> None:
-        from diffusers.models.attention_processor import Attention
-
         from genscope.passes.winograd import WinogradConv2d
 
         convs = list(ctx.modules(lambda p, m: type(m) in (nn.Conv2d, WinogradConv2d)))
@@ -65,10 +63,19 @@ class ChannelsLastPass(Pass):
                 x = torch.randn(1, conv.in_channels, 8, 8, generator=gen).to(ctx.device, ctx.dtype)
                 ctx.require(check_module(self.name, conv, new, (x,), what="ChannelsLastConv2d"))
             ctx.swap(path, new, "weight and input in channels-last (NHWC) memory format")
-        for path, attn in ctx.modules(lambda p, m: isinstance(m, Attention)):
-            # only attention applied directly to conv features gets 4-D inputs (VAE / UNetMidBlock2D style)
-            image_shaped = getattr(attn, "group_norm", None) is not None or getattr(attn, "residual_connection", False)
-            if not image_shaped or base_processor(attn.processor) is None:
-                continue
-            ctx.swap(f"{path}.processor", BackendAttnProcessor(attn.processor, contiguous_4d=True),
-                     "4-D inputs made contiguous before the processor's view", parent=attn, attr="processor")
+        contiguous_4d_attention(ctx)
+
+
+def contiguous_4d_attention(ctx: PassContext) -> None:
+    """Make diffusers attention processors that ``view`` 4-D inputs call ``contiguous()`` first (logged)."""
+    from diffusers.models.attention_processor import Attention
+
+    for path, attn in ctx.modules(lambda p, m: isinstance(m, Attention)):
+        # only attention applied directly to conv features gets 4-D inputs (VAE / UNetMidBlock2D style)
+        image_shaped = getattr(attn, "group_norm", None) is not None or getattr(attn, "residual_connection", False)
+        if not image_shaped or base_processor(attn.processor) is None:
+            continue
+        if isinstance(attn.processor, BackendAttnProcessor) and attn.processor.contiguous_4d:
+            continue  # done by an earlier pass
+        ctx.swap(f"{path}.processor", BackendAttnProcessor(attn.processor, contiguous_4d=True),
+                 "4-D inputs made contiguous before the processor's view", parent=attn, attr="processor")

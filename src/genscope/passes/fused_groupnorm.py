@@ -18,7 +18,8 @@ Swaps (each logged):
   CPU ATen's ``native_group_norm`` already is a single kernel, so they are left as they are (noted).
 
 Implementations: CPU :func:`genscope.passes.kernels.cpu.group_norm_silu` (ATen GroupNorm, SiLU in place:
-no intermediate tensor; the SiLU is still a separate sweep), CUDA
+no intermediate tensor; the SiLU is still a separate sweep - an inductor-generated single kernel was measured
+and rejected for its compile time, see :mod:`genscope.passes.kernels.cpu`), CUDA
 :func:`genscope.passes.kernels.triton_kernels.group_norm_silu_triton` (one launch).
 """
 
@@ -30,6 +31,7 @@ from torch import nn
 from genscope.passes.base import Pass, PassContext, shallow_clone
 from genscope.passes.kernels import cpu as kcpu
 from genscope.passes.oracle import check_module
+from genscope.passes.prepacked_conv import conv_add
 
 PAIR_PARENTS = ("UNet2DConditionModel", "Encoder", "Decoder")  # conv_norm_out -> conv_act only
 
@@ -74,7 +76,8 @@ def _make_fused_block_class():
 
     class FusedResnetBlock2D(ResnetBlock2D):
         """diffusers ``ResnetBlock2D`` (time_embedding_norm "default", or "group" as the VAE's) whose norms
-        include the SiLU.
+        include the SiLU, and whose residual add is fused into ``conv2`` where that convolution can
+        (:func:`genscope.passes.prepacked_conv.conv_add`: a oneDNN post-op after ``prepacked_conv``).
 
         The forward is diffusers 0.42's, minus the two ``self.nonlinearity`` calls that follow ``norm1`` and
         ``norm2`` (now inside :class:`FusedGroupNormSiLU`); the time-embedding SiLU is kept.
@@ -100,9 +103,12 @@ def _make_fused_block_class():
                 hidden_states = hidden_states + temb
             hidden_states = self.norm2(hidden_states)  # GroupNorm + SiLU
             hidden_states = self.dropout(hidden_states)
-            hidden_states = self.conv2(hidden_states)
             if self.conv_shortcut is not None:
                 input_tensor = self.conv_shortcut(input_tensor)
+            if self.output_scale_factor == 1:
+                # one oneDNN convolution with the residual as a post-op where conv2 is prepacked
+                return conv_add(self.conv2, hidden_states, input_tensor)
+            hidden_states = self.conv2(hidden_states)
             return (input_tensor + hidden_states) / self.output_scale_factor
 
     return FusedResnetBlock2D

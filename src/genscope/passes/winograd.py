@@ -53,22 +53,31 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 class Variant(NamedTuple):
     m: int  # output tile; 0 = direct convolution
-    product: str = "model"  # "model" or "float32"
+    product: str = "model"  # "model", "fp32-acc" (16-bit operands, float32 accumulation) or "float32"
 
     @property
     def name(self) -> str:
         if self.m == 0:
             return "direct"
-        return f"F({self.m}x{self.m},3x3)" + (" fp32-product" if self.product == "float32" else "")
+        return f"F({self.m}x{self.m},3x3)" + PRODUCT_SUFFIX[self.product]
 
     def product_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """U's dtype (the product's operands)."""
         return torch.float32 if self.product == "float32" else dtype
+
+    @property
+    def accumulate_fp32(self) -> bool:
+        return self.product == "fp32-acc"
 
     @classmethod
     def parse(cls, name: str) -> Variant:
         if name == "direct":
             return DIRECT
-        return cls(int(name[2]), "float32" if name.endswith("fp32-product") else "model")
+        product = next((p for p, suffix in PRODUCT_SUFFIX.items() if suffix and name.endswith(suffix)), "model")
+        return cls(int(name[2]), product)
+
+
+PRODUCT_SUFFIX = {"model": "", "fp32-acc": " fp32-acc", "float32": " fp32-product"}
 
 
 DIRECT = Variant(0)
@@ -109,6 +118,8 @@ class WinogradConv2d(nn.Conv2d):
         new.variant_for = {}
         new.allowed_tiles = None  # None: any tile; else the tiles (m) this layer may use (weight budget)
         new.measured = {}  # shape key -> {variant name: median ms} (decisions made by the chooser)
+        # direct convolution: the swapped module's own forward where it is faster than F.conv2d (prepacked)
+        new.__dict__["_direct"] = conv if hasattr(conv, "forward_add") else None
         return new
 
     @staticmethod
@@ -132,8 +143,15 @@ class WinogradConv2d(nn.Conv2d):
         for name in [n for n in self._buffers if n.startswith("winograd_u") and n not in names]:
             del self._buffers[name]
 
+    def _direct_module(self, x: torch.Tensor):
+        direct = self.__dict__.get("_direct")
+        return direct if direct is not None and direct.weight.dtype == x.dtype == self.weight.dtype else None
+
     def run_variant(self, x: torch.Tensor, v: Variant) -> torch.Tensor:
         if v == DIRECT:
+            direct = self._direct_module(x)
+            if direct is not None:
+                return direct(x)
             return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         u = self.transformed_weight(v)
         with torch.profiler.record_function(CONV_RANGE):
@@ -141,17 +159,29 @@ class WinogradConv2d(nn.Conv2d):
                 from genscope.passes.kernels.triton_kernels import winograd_conv2d_triton
 
                 return winograd_conv2d_triton(x, u, self.bias, v.m, padding=tuple(self.padding))
-            return kcpu.winograd_conv2d(x, u, self.bias, v.m, padding=tuple(self.padding))
+            return kcpu.winograd_conv2d(x, u, self.bias, v.m, padding=tuple(self.padding),
+                                        accumulate_fp32=v.accumulate_fp32)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.prefer_channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+    def _variant(self, x: torch.Tensor) -> Variant:
         key = (tuple(x.shape), x.dtype, _channels_last(x))
         v = self.variant_for.get(key)
         if v is None:
             v = self.chooser.decide(self, x) if self.chooser is not None else (self.fixed or DIRECT)
             self.variant_for[key] = v
-        return self.run_variant(x, v)
+        return v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.prefer_channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.run_variant(x, self._variant(x))
+
+    def forward_add(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """conv(x) + other; fused into the convolution where direct convolution runs prepacked."""
+        if self.prefer_channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        v = self._variant(x)
+        direct = self._direct_module(x) if v == DIRECT else None
+        return direct.forward_add(x, other) if direct is not None else self.run_variant(x, v) + other
 
     def extra_repr(self) -> str:
         used = sorted(v.name for v in self.variants_used()) or ([self.fixed.name] if self.fixed else [])
@@ -181,7 +211,7 @@ def winograd_oracle(m: int, dtype: torch.dtype, device: torch.device | str = "cp
 
     def wino(x, w, b):
         return kcpu.winograd_conv2d(x, kcpu.winograd_weight(w, m, dtype=pdtype, variant=variant), b, m,
-                                    padding=(1, 1), variant=variant)
+                                    padding=(1, 1), variant=variant, accumulate_fp32=Variant(m, product).accumulate_fp32)
 
     what = f"winograd {Variant(m, product).name}" + (" (Lavin & Gray points)" if variant == "lavin" and m == 4
                                                       else "")
@@ -197,8 +227,8 @@ def variants_for_tiles(tiles, dtype: torch.dtype) -> list[Variant]:
     out = []
     for m in tiles:
         out.append(Variant(m))
-        if dtype in LOW_PRECISION:
-            out.append(Variant(m, "float32"))
+        if dtype in LOW_PRECISION:  # cheapest first: 16-bit operands with fp32 accumulation, then fp32 operands
+            out.extend([Variant(m, "fp32-acc"), Variant(m, "float32")])
     return out
 
 

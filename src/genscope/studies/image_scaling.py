@@ -49,26 +49,6 @@ class ScalingResult:
         return {"times": self.times, "slopes": self.slopes, "crossovers": self.crossovers, "skipped": self.skipped}
 
 
-def available_bytes(device) -> int:
-    """Memory that can be allocated now: free GPU memory on CUDA, MemAvailable on the CPU."""
-    import torch
-
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import os
-
-    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-
-
 def largest_matrix_bytes(preset: str, image_size: int, dtype: str, batch_size: int = 1) -> int:
     """The largest similarity matrix of one run (shape-only trace on the meta device)."""
     from genscope.instrument.seqlen import trace_workload
@@ -170,7 +150,7 @@ def image_scaling(preset: str = "small", image_sizes: tuple[int, ...] | list[int
     for size in image_sizes:  # validate every size before running any
         requests[size] = workload.request(RunSettings(preset=preset, image_size=size, steps=steps, device=device,
                                                       dtype=dtype))
-    from genscope.validate import check_fraction
+    from genscope.validate import available_bytes, check_fraction
 
     budget = check_fraction("--memory-fraction", memory_fraction) * available_bytes(device)
     samples: dict[tuple[int, str], list[dict[str, float]]] = {}

@@ -119,8 +119,7 @@ def _check(repeat: int, device: str, dtype: str) -> tuple[torch.device, torch.dt
 
 
 def memory_budget(device: torch.device, fraction: float = 0.25) -> float:
-    from genscope.studies.image_scaling import available_bytes
-    from genscope.validate import check_fraction
+    from genscope.validate import available_bytes, check_fraction
 
     return check_fraction("memory fraction", fraction) * available_bytes(device)
 

@@ -2,7 +2,9 @@
 
 Why by hand: the standard library's ``sqlite3`` is the database; what is written here is the schema, the
 safety checks and the queries - no library does those for us. The record itself, its key, environment and
-the (lossless) DataFrame <-> JSON encoding of its tables are in :mod:`genscope.results.records`.
+the (lossless) DataFrame <-> JSON encoding of its tables are in :mod:`genscope.results.records`. The file runs
+a little over 400 lines because the refusal paths (foreign, corrupt, read-only, concurrent writers) belong next
+to the connection code they guard.
 
 File: ``path`` if given, else ``$GENSCOPE_DB``, else ``~/.genscope/results.db``.
 

@@ -36,7 +36,8 @@ h3 { margin-top: 1.5rem; }
 .meta, .caption { color: #555; font-size: 0.9rem; }
 .caption { font-style: italic; margin-top: 0.2rem; }
 img.figure { max-width: 100%; height: auto; display: block; margin: 0.5rem 0; }
-table.data { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0; max-width: 100%; }
+table.data { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0; max-width: 100%;
+             display: block; overflow-x: auto; }  /* a table wider than the page scrolls inside itself */
 table.data th, table.data td { border: 1px solid #ddd; padding: 0.2rem 0.5rem; text-align: right;
                                overflow-wrap: break-word; }
 table.findings td, table.findings th { text-align: left; vertical-align: top; } table.findings .src { color: #666; font-size: 0.8rem; }

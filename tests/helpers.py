@@ -54,3 +54,27 @@ def assert_baseline_uses_more_memory(name: str, factor: float = 1.5, **overrides
     flash = run_peak_bytes(name, attention="flash", **overrides)
     assert base > factor * flash, f"{name}: baseline peak {base} B vs flash {flash} B"
     return base, flash
+
+
+TINY_UNET_TEXT_DIM = 32  # the stable-diffusion tiny preset's cross-attention dim
+
+
+def tiny_unet():
+    """The tiny SD UNet with genscope's attention installed, and one step's inputs: (unet, args, kwargs)."""
+    from genscope.models.layers.attention import install_attention
+    from genscope.models.stable_diffusion import PRESETS
+
+    config = PRESETS["tiny"]
+    unet = config.denoiser.build("cpu", torch.float32)
+    install_attention(unet, "denoiser")
+    gen = torch.Generator().manual_seed(0)
+    sample = torch.randn(2, 4, 8, 8, generator=gen)
+    text = torch.randn(2, config.text_len, TINY_UNET_TEXT_DIM, generator=gen)
+    return unet, (sample, torch.tensor(500)), {"encoder_hidden_states": text}
+
+
+def run_unet(unet, args, kwargs):
+    """One UNet call in the UNet's dtype; its sample."""
+    dtype = next(unet.parameters()).dtype
+    with torch.inference_mode():
+        return unet(args[0].to(dtype), args[1], encoder_hidden_states=kwargs["encoder_hidden_states"].to(dtype)).sample

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import run_unet as run
+from helpers import tiny_unet
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from genscope.models.layers.attention import install_attention
 from genscope.passes import PassConfig, PassRefused, apply
 from genscope.passes import auto as pauto
 from genscope.passes.decisions import DecisionCache, device_key
@@ -16,7 +17,6 @@ from genscope.passes.kernels import winograd_math as wm
 from genscope.passes.oracle import OracleResult
 from genscope.passes.winograd import winograd_oracle
 
-TEXT_DIM = 32  # the tiny preset's cross-attention dim
 
 
 @pytest.fixture(autouse=True)
@@ -26,24 +26,6 @@ def _isolated(tmp_path, monkeypatch):
     torch.set_num_threads(1)  # tiny models: one thread (see tests/test_passes.py)
     yield
     torch.set_num_threads(threads)
-
-
-def tiny_unet():
-    from genscope.models.stable_diffusion import PRESETS
-
-    config = PRESETS["tiny"]
-    unet = config.denoiser.build("cpu", torch.float32)
-    install_attention(unet, "denoiser")
-    gen = torch.Generator().manual_seed(0)
-    sample = torch.randn(2, 4, 8, 8, generator=gen)
-    text = torch.randn(2, config.text_len, TEXT_DIM, generator=gen)
-    return unet, (sample, torch.tensor(500)), {"encoder_hidden_states": text}
-
-
-def run(unet, args, kwargs):
-    dtype = next(unet.parameters()).dtype
-    with torch.inference_mode():
-        return unet(args[0].to(dtype), args[1], encoder_hidden_states=kwargs["encoder_hidden_states"].to(dtype)).sample
 
 
 def rel(a, b):

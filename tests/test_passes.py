@@ -7,6 +7,8 @@ from fractions import Fraction
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import run_unet as run
+from helpers import tiny_unet
 from torch import nn
 
 from genscope.cli import main
@@ -14,7 +16,6 @@ from genscope.errors import UserError
 from genscope.models.layers.attention import (
     baseline_attention,
     flash_attention,
-    install_attention,
     use_backend,
 )
 from genscope.models.layers.partial_softmax import partial_softmax_attention, softmax_row_stats
@@ -24,7 +25,6 @@ from genscope.passes.kernels import cpu as kcpu
 from genscope.passes.kernels import winograd_math as wm
 from genscope.passes.winograd import winograd_oracle
 
-TEXT_DIM = 32  # the tiny preset's cross-attention dim
 
 
 @pytest.fixture(autouse=True)
@@ -41,24 +41,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def tiny_unet():
-    from genscope.models.stable_diffusion import PRESETS
-
-    config = PRESETS["tiny"]
-    unet = config.denoiser.build("cpu", torch.float32)
-    install_attention(unet, "denoiser")
-    gen = torch.Generator().manual_seed(0)
-    sample = torch.randn(2, 4, 8, 8, generator=gen)
-    text = torch.randn(2, config.text_len, TEXT_DIM, generator=gen)
-    return unet, (sample, torch.tensor(500)), {"encoder_hidden_states": text}
-
-
-def run(unet, args, kwargs):
-    dtype = next(unet.parameters()).dtype
-    with torch.inference_mode():
-        return unet(args[0].to(dtype), args[1], encoder_hidden_states=kwargs["encoder_hidden_states"].to(dtype)).sample
 
 
 def rel(a, b):

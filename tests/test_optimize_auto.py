@@ -18,7 +18,6 @@ from genscope.passes.oracle import OracleResult
 from genscope.passes.winograd import winograd_oracle
 
 
-
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("GENSCOPE_DECISIONS", str(tmp_path / "decisions.json"))

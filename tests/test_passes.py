@@ -26,7 +26,6 @@ from genscope.passes.kernels import winograd_math as wm
 from genscope.passes.winograd import winograd_oracle
 
 
-
 @pytest.fixture(autouse=True)
 def _decision_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("GENSCOPE_DECISIONS", str(tmp_path / "decisions.json"))

@@ -4,7 +4,8 @@ On this machine, in one run, interleaved (every repetition runs every contestant
 
 * ``diffusers-fp32``: diffusers' ``UNet2DConditionModel`` as users run it - float32 weights, its default
   attention processor (``AttnProcessor2_0``: ``scaled_dot_product_attention``);
-* ``diffusers-bf16``: the same with weights stored in bfloat16 (``.to(torch.bfloat16)``);
+* ``diffusers-bf16``: the same with weights stored in bfloat16 (``.to(torch.bfloat16)``); on CUDA
+  (``--device cuda``) ``diffusers-fp16``, float16 weights, as GPU users run it;
 * ``compile-<dtype>`` (``--compile``): ``torch.compile`` (inductor, ``freezing=True``) in the dtype that
   measures fastest here (``--compile-dtype auto``); the compile time (first call) is reported separately -
   minutes at paper scale;
@@ -19,6 +20,7 @@ step counted on the meta device) against the machine's measured matmul ceilings
 diffusers' float32 output. ``--json FILE`` writes everything.
 
     python benchmarks/peers.py --preset paper --image-size 512 --repeat 3 [--compile] [--threads 2]
+    python benchmarks/peers.py --device cuda --preset paper --compile      # on a GPU: float16 peers, CUDA events
 
 The paper-scale UNet is 3.4 GB in float32 and 1.7 GB in bfloat16; the contestants share what they can (the
 genscope model shares the float32 weights of diffusers' model and adds its transformed Winograd weights).
@@ -79,12 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="paper")
     parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--repeat", type=int, default=6, help="minimum interleaved rounds (6: a 95%% interval)")
     parser.add_argument("--budget-s", type=float, default=600.0, help="time budget of the timed rounds")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--compile", action="store_true",
                         help="add torch.compile (inductor, freezing) in --compile-dtype")
-    parser.add_argument("--compile-dtype", default="auto", choices=("auto", "bfloat16", "float32"),
+    parser.add_argument("--compile-dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
                         help="auto (default): the dtype that measures fastest here (genscope.passes.auto's probe)")
     parser.add_argument("--passes", default=DEFAULT_PASSES, help=f"genscope passes (default {DEFAULT_PASSES})")
     parser.add_argument("--winograd-budget", default=str(round(PAPER_WINOGRAD_WEIGHT_GROWTH, 3)),
@@ -97,15 +100,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is available here")
+    # the 16-bit peer: bfloat16 weights on a CPU, float16 on a GPU (what users of each run)
+    half, half_name = (torch.float16, "diffusers-fp16") if device.type == "cuda" else (torch.bfloat16, "diffusers-bf16")
     say = lambda text: print(f"[peers] {text}", file=sys.stderr, flush=True)  # noqa: E731
 
     config = preset_config("stable-diffusion", args.preset)
-    inputs = unet_inputs(config, args.image_size, torch.device("cpu"))
+    inputs = unet_inputs(config, args.image_size, device)
     flops = step_flops(config, args.image_size)
     try:
         from genscope.hardware.measure import measure_ceilings
 
-        ceilings = measure_ceilings("cpu", refresh=args.refresh_ceilings)
+        ceilings = measure_ceilings(device, refresh=args.refresh_ceilings)
         peaks = dict(ceilings.peak_flops_per_s)
     except Exception as exc:  # noqa: BLE001 - the ceiling is context, not the benchmark
         say(f"no ceilings ({exc})")
@@ -115,34 +123,36 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{k} {v / 1e9:,.1f} GFLOP/s" for k, v in peaks.items()))
 
     say("building diffusers' UNet (float32)")
-    base = config.denoiser.build("cpu", torch.float32)
+    base = config.denoiser.build(device, torch.float32)
     contestants: dict[str, tuple[nn.Module, torch.dtype]] = {}
     if "diffusers-fp32" not in skip:
         contestants["diffusers-fp32"] = (base, torch.float32)
     bf16 = None
-    if "diffusers-bf16" not in skip or args.compile:
-        bf16 = bf16_copy(base)
-        if "diffusers-bf16" not in skip:
-            contestants["diffusers-bf16"] = (bf16, torch.bfloat16)
+    if half_name not in skip or args.compile:
+        bf16 = bf16_copy(base, half)
+        if half_name not in skip:
+            contestants[half_name] = (bf16, half)
     compile_s = None
     if args.compile and args.compile_dtype == "auto":
         from genscope.passes.auto import choose_precision
         from genscope.passes.decisions import DecisionCache
 
-        args.compile_dtype, row = choose_precision(base, torch.device("cpu"), ("float32", "bfloat16"),
+        args.compile_dtype, row = choose_precision(base, device, ("float32", str(half).removeprefix("torch.")),
                                                    cache=DecisionCache())
         say(f"compile dtype: {args.compile_dtype} (measured: {row})")
     if args.compile:
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = True
-        compile_model = bf16 if args.compile_dtype == "bfloat16" else base
+        cdtype = getattr(torch, args.compile_dtype)
+        compile_model = base if cdtype == torch.float32 else bf16 if cdtype == half else bf16_copy(base, cdtype)
         compiled = torch.compile(compile_model)
-        cdtype = torch.bfloat16 if args.compile_dtype == "bfloat16" else torch.float32
         say(f"compiling ({args.compile_dtype}, inductor, freezing=True) - minutes at paper scale")
         start = time.perf_counter()
         with torch.inference_mode():
             cfg_step(compiled, inputs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         compile_s = time.perf_counter() - start
         say(f"compile + first call: {compile_s:.1f} s")
         contestants[f"compile-{args.compile_dtype}"] = (compiled, cdtype)
@@ -177,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             outputs[name] = cfg_step(model, inputs)
         # interleaved rounds until every median's 95% interval is within 5% (or the budget runs out)
         timing = measure({name: (lambda model=model: cfg_step(model, inputs)) for name, (model, _) in contestants.items()},
-                         warmup=0, min_reps=args.repeat, max_reps=max(args.repeat, 50), budget_s=args.budget_s,
+                         device=device, warmup=0, min_reps=args.repeat, max_reps=max(args.repeat, 50), budget_s=args.budget_s,
                          progress=lambda name, rnd: say(f"round {rnd + 1}: {name}"))
     load = timing.load
     say(f"load during the measurement: load average {load.load_avg_1m:.2f}, other processes "
@@ -201,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         if r["contestant"] in logs:
             say(f"{r['contestant']}: {r['executed_gflop']:,.1f} GFLOP executed per step ({flops / 1e9:,.1f} direct)")
-    print(f"SD UNet step with CFG, {args.preset}, {args.image_size}x{args.image_size}, {torch.get_num_threads()} threads, "
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"SD UNet step with CFG, {args.preset}, {args.image_size}x{args.image_size}, {where}, "
           f"median of {rows[0]['reps']} interleaved repetitions ({timing.stop_reason}; {flops / 1e9:,.1f} GFLOP)")
     for r in rows:
         print(f"  {r['contestant']:>16}: {r['time_ms']:>10,.0f} ms  [{r['min_ms']:,.0f}-{r['max_ms']:,.0f}]  "
@@ -221,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  torch.compile: {compile_s:,.1f} s to compile (first call included)")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "ratios": ratios, "compile_s": compile_s, "flops": flops,
-                                               "ceilings_flops_per_s": peaks, "threads": torch.get_num_threads(),
+                                               "ceilings_flops_per_s": peaks, "threads": torch.get_num_threads(), "device": str(device),
                                                "load": load.table().to_dict(orient="records")[0],
                                                "swaps": {n: lg.table().to_dict(orient="records") for n, lg in logs.items()},
                                                "notes": {n: lg.notes for n, lg in logs.items()}}, indent=2, default=str))

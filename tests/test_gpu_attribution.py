@@ -187,10 +187,11 @@ def test_kineto_events_and_chrome_file_give_the_same_cpu_attribution(tmp_path):
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         with record_function("genscope::run"), record_function("phase::denoise#0"):
             model(torch.randn(4, 32))
-    path = tmp_path / "t.json"
-    prof.export_chrome_trace(str(path))
     live = attribute(events_from_profiler(prof)).by_class().set_index("op_class")["time_ms"]
-    saved = attribute(load_events(path)).by_class().set_index("op_class")["time_ms"]
+    # the saved file, read back the way a torch without kineto's activity types (2.11) reads a live session
+    from genscope.instrument.traces import _events_via_chrome_export
+
+    saved = attribute(_events_via_chrome_export(prof)).by_class().set_index("op_class")["time_ms"]
     assert np.allclose(live.to_numpy(), saved.to_numpy(), atol=2e-3)
     assert live["Linear"] > 0
 

@@ -19,6 +19,8 @@ from genscope.commands.common import DB_HELP, open_store, workload_names
 from genscope.errors import UserError
 from genscope.progress import reporting
 
+LOG_EVERY_S = 10.0
+
 
 @command("characterize")
 def cmd_characterize(args: argparse.Namespace) -> int:
@@ -48,16 +50,31 @@ def cmd_characterize(args: argparse.Namespace) -> int:
                   TimeElapsedColumn(), transient=False) as progress:
         bar = progress.add_task("characterize", total=len(tasks))
         inner = progress.add_task("", total=1, visible=False)  # steps inside the running task
+        # a log (not a terminal) gets plain timestamped lines instead of the live bars: each task's start and
+        # end, and inner steps at most every LOG_EVERY_S seconds
+        plain = not progress.console.is_terminal
+        clock = {"task": 0.0, "step": 0.0}
+
+        def log(text: str) -> None:
+            progress.console.print(f"[{time.strftime('%H:%M:%S')}] {text}", highlight=False, markup=False)
 
         def on_step(done: int, total: int, what: str) -> None:
             progress.update(inner, completed=done, total=total, description=f"  {what} step", visible=True)
+            if plain and time.perf_counter() - clock["step"] > LOG_EVERY_S:
+                clock["step"] = time.perf_counter()
+                log(f"  {what} step {done}/{total}")
 
         def on_event(event: str, task, detail: str) -> None:
             if event == "start":
                 progress.update(bar, description=task.label)
                 progress.update(inner, visible=False)
+                clock["task"] = clock["step"] = time.perf_counter()
+                if plain:
+                    log(f"task {int(progress.tasks[bar].completed) + 1}/{len(tasks)}: {task.label}")
             else:
                 progress.advance(bar)
+                if plain and event == "done":
+                    log(f"  done in {time.perf_counter() - clock['task']:.1f} s")
                 if event == "skipped":
                     progress.console.print(f"  stored already, skipped: {task.study} {task.workload}")
                 elif event == "failed":

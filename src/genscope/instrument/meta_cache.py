@@ -33,9 +33,11 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 # random ops are cached too: on meta they draw nothing (``scaled_dot_product_attention`` is tagged random for
 # its dropout)
-_UNCACHED_TAGS = frozenset({torch.Tag.inplace, torch.Tag.inplace_view, torch.Tag.out, torch.Tag.out_variant,
-                            torch.Tag.dynamic_output_shape, torch.Tag.data_dependent_output,
-                            torch.Tag.maybe_aliasing_or_mutating})
+# (tags an older torch does not define are left out: torch 2.11 has no ``inplace``/``out``; the schema's
+# mutability below catches those ops there)
+_UNCACHED_TAGS = frozenset(tag for tag in (getattr(torch.Tag, name, None) for name in (
+    "inplace", "inplace_view", "out", "out_variant", "dynamic_output_shape", "data_dependent_output",
+    "maybe_aliasing_or_mutating")) if tag is not None)
 _PLAIN = (bool, int, float, str, type(None), torch.dtype, torch.device, torch.memory_format, torch.layout)
 CACHE_LIMIT = 200_000  # distinct calls kept (a paper-scale suite has a few thousand)
 
@@ -84,7 +86,8 @@ class MetaOpCache(TorchDispatchMode):
         kind = self._cacheable.get(func)
         if kind is None:
             tags = set(func.tags)
-            kind = (not func.is_view and not tags & _UNCACHED_TAGS, torch.Tag.pointwise in tags)
+            kind = (not func.is_view and not func._schema.is_mutable and not tags & _UNCACHED_TAGS,
+                    torch.Tag.pointwise in tags)
             self._cacheable[func] = kind
         return kind
 

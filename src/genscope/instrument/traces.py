@@ -113,8 +113,11 @@ def events_from_profiler(prof) -> pd.DataFrame:
     Kineto's ids: a CPU op's ``correlation_id`` is its External id; a kernel's ``linked_correlation_id`` is the
     External id of the op that launched it and its ``correlation_id`` the CUDA correlation id (as in the Chrome
     export, where the same values appear as ``args["External id"]`` and ``args["correlation"]``)."""
+    events = prof.profiler.kineto_results.events()
+    if events and not hasattr(events[0], "activity_type"):  # torch < 2.12 binds no activity type: its export
+        return _events_via_chrome_export(prof)
     rows = _empty_rows()
-    for e in prof.profiler.kineto_results.events():
+    for e in events:
         cat = e.activity_type()
         kind = _kind(cat)
         if kind is None:
@@ -136,6 +139,16 @@ def events_from_profiler(prof) -> pd.DataFrame:
         rows["correlation"].append(correlation if correlation > 0 else -1)
         rows["bytes"].append(int(e.nbytes()) if kind == "gpu" and cat != "kernel" else 0)
     return _frame(rows)
+
+
+def _events_via_chrome_export(prof) -> pd.DataFrame:
+    """The same table through the profiler's Chrome export (slower: JSON written and read back)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="genscope-trace-") as tmp:
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        return events_from_chrome(read_trace_file(path))
 
 
 def read_trace_file(path: str | Path) -> dict[str, Any]:

@@ -13,7 +13,8 @@ The returned :class:`SwapLog` is a ``list[Swap]`` with ``notes`` (what a pass di
 ``redo()`` its swaps, which is how the ablation switches one model between configurations.
 
 Passes (module per pass): ``partial_softmax``, ``fused_groupnorm``, ``fused_geglu``, ``selective_flash``,
-``winograd``, ``bf16_weights``, ``channels_last``, ``fused_qkv``, ``prepacked_conv``, ``onednn_linear``.
+``winograd``, ``bf16_weights``, ``channels_last``, ``fused_qkv``, ``prepacked_conv``, ``onednn_linear``,
+``cuda_graphs`` (CUDA only; last: it captures the blocks as the other passes left them).
 ``PassConfig.auto(model, ...)`` chooses the precision and the passes by measurement
 (:mod:`genscope.passes.auto`); ``apply`` undoes a call's swaps when one of its passes is refused.
 """
@@ -50,6 +51,7 @@ PASS_MODULES: dict[str, str] = {
     "fused_qkv": "genscope.passes.fused_qkv:FusedQKVPass",
     "prepacked_conv": "genscope.passes.prepacked_conv:PrepackedConvPass",
     "onednn_linear": "genscope.passes.onednn_linear:OneDNNLinearPass",
+    "cuda_graphs": "genscope.passes.cuda_graphs:CudaGraphsPass",
 }
 PASS_NAMES: tuple[str, ...] = tuple(PASS_MODULES)
 

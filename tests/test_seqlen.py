@@ -83,6 +83,28 @@ def test_replication_refuses_steps_that_differ():
     assert [r["step"] for r in rows] == [0, 1, 2, 3] and notes[0]["steps_run"] == 2
 
 
+@pytest.mark.parametrize("model", ["llama", "parti"])
+def test_meta_trace_extrapolates_decode_steps_exactly(model):
+    """Three decode steps run and the rest extrapolated equal every step run (tiny: parti's 16 image tokens)."""
+    tokens = {"decode_tokens": 9} if model == "llama" else {}
+    fast = trace_workload(model, preset="tiny", device="meta", **tokens)
+    full = trace_workload(model, preset="tiny", device="meta", all_steps=True, **tokens)
+    grown = [n for n in fast.replicated if n.get("extrapolated")]
+    assert grown and grown[0]["steps_run"] == 3 and grown[0]["steps"] >= 8
+    pd.testing.assert_frame_equal(fast.calls, full.calls)
+
+
+def test_extrapolation_refuses_steps_that_do_not_grow_on_a_line():
+    def row(step, key_len):
+        return {"phase": "decode", "step": step, "path": "p", "kind": "causal", "batch": 1, "heads": 1,
+                "query_len": 1, "key_len": key_len, "context_len": 0, "head_dim": 8, "dtype": "float32"}
+
+    rows, notes = replicate_steps([row(0, 4), row(1, 5), row(2, 6)], [("decode", 5, 3, 0, 3)])
+    assert [r["key_len"] for r in rows] == [4, 5, 6, 7, 8] and notes[0]["extrapolated"]
+    with pytest.raises(RuntimeError, match="linearly"):
+        replicate_steps([row(0, 4), row(1, 5), row(2, 7)], [("decode", 5, 3, 0, 3)])
+
+
 def test_autoregressive_decode_has_query_length_1_and_growing_context():
     calls = trace_workload("llama", preset="tiny", device="cpu", decode_tokens=3).calls
     decode = calls[calls["phase"] == "decode"]

@@ -18,8 +18,10 @@ One row per call (:data:`COLUMNS`):
 
 Runs on the meta device too (shapes only: a paper-scale trace costs no memory). Denoising steps all have the
 same shapes, so :func:`trace_workload` on the meta device runs two steps of every denoising loop
-(:func:`genscope.workloads.diffusion.limit_denoise_steps`), checks that they agree call for call, and
-replicates the second for the remaining steps; ``all_steps=True`` runs every step instead.
+(:func:`genscope.workloads.phases.limit_steps`), checks that they agree call for call, and replicates the
+second for the remaining steps; autoregressive decode steps grow by one token each, so it runs three of them
+and extrapolates the rest on their line (checked: :func:`replicate_steps`); ``all_steps=True`` runs every
+step instead.
 
 Why hand-written: torch.profiler records op shapes but not which attention call (kind, module, phase) they
 belong to, and does not run on the meta device; the entry point's call hook sees exactly that.
@@ -48,6 +50,10 @@ SIGNATURE: tuple[str, ...] = ("path", "kind", "batch", "heads", "query_len", "ke
                               "dtype")
 NO_PHASE = "(outside phases)"
 TRACED_STEPS = 2  # steps per denoising loop actually run in a shape-only trace
+GROWING_TRACED_STEPS = 3  # steps per autoregressive decode loop run (the rest extrapolated on their line)
+# what may grow step by step in a decode loop over a KV cache (every other column must repeat exactly)
+LINEAR_COLUMNS = ("key_len", "seq_len", "context_len", "similarity_elements", "similarity_bytes", "macs", "flops",
+                  "query_len", "media_len")
 
 
 def sequence_length(kind: str, query_len: int, key_len: int) -> int:
@@ -163,8 +169,12 @@ def replicate_steps(rows: list[dict[str, Any]], loops: list[tuple[str, int, int,
     """Expand loops that ran fewer steps than they have.
 
     loops: (phase name, steps the loop has, steps run, first row index after the previous loop, row count at the
-    loop's end). The last step run is copied for the steps not run, after checking that the last two steps run
-    are identical call for call. Returns (rows, notes on what was replicated).
+    loop's end). A loop of identical steps (the last two run equal call for call) gets the last step copied for
+    the steps not run. A growing loop (autoregressive decode over a KV cache: the key length grows by one token
+    per step) ran three steps: each call's :data:`LINEAR_COLUMNS` must lie on one line over them and every other
+    column repeat, and the steps not run are extrapolated on those lines - exact for a KV cache, where the
+    similarity matrix, MACs and FLOPs of a decode call grow linearly with the key length. Anything else raises
+    (trace with ``all_steps=True``). Returns (rows, notes on what was replicated or extrapolated).
     """
     out: list[dict[str, Any]] = []
     notes = []
@@ -180,32 +190,56 @@ def replicate_steps(rows: list[dict[str, Any]], loops: list[tuple[str, int, int,
         for i in idx:
             by_step.setdefault(rows[i]["step"], []).append(rows[i])
         last = by_step.get(run - 1, [])
-        if run >= 2:
-            before = by_step.get(run - 2, [])
-            if [_signature(r) for r in before] != [_signature(r) for r in last]:
-                raise RuntimeError(f"denoising loop {phase_name!r}: steps {run - 2} and {run - 1} differ in "
-                                   "attention shapes; trace with all_steps=True")
+        before = by_step.get(run - 2, []) if run >= 2 else last
+        if [_signature(r) for r in before] == [_signature(r) for r in last]:
+            for step in range(run, steps):
+                out.extend({**r, "step": step} for r in last)
+            notes.append({"phase": phase_name, "steps": steps, "steps_run": run, "calls_per_step": len(last)})
+            continue
+        slopes = _linear_slopes(phase_name, [by_step.get(run - 3, []), before, last] if run >= 3 else [])
         for step in range(run, steps):
-            out.extend({**r, "step": step} for r in last)
-        notes.append({"phase": phase_name, "steps": steps, "steps_run": run, "calls_per_step": len(last)})
+            ahead = step - (run - 1)
+            out.extend({**r, "step": step, **{c: r[c] + ahead * d[c] for c in d}} for r, d in zip(last, slopes,
+                                                                                                  strict=True))
+        notes.append({"phase": phase_name, "steps": steps, "steps_run": run, "calls_per_step": len(last),
+                      "extrapolated": True})
     out.extend(rows[cursor:])
     return out, notes
+
+
+def _linear_slopes(phase_name: str, window: list[list[dict[str, Any]]]) -> list[dict[str, int]]:
+    """Per call of the last step: column -> growth per step, when three steps lie on one line; else raise."""
+    fixed = [c for c in COLUMNS if c not in LINEAR_COLUMNS and c not in ("call", "step")]
+    if len(window) != 3 or not window[0] or len({len(w) for w in window}) != 1:
+        raise RuntimeError(f"loop {phase_name!r}: its last steps differ in attention shapes and there are not three "
+                           "steps of equal calls to extrapolate; trace with all_steps=True")
+    slopes = []
+    for a, b, c in zip(*window, strict=True):
+        if any(a.get(k) != b.get(k) or b.get(k) != c.get(k) for k in fixed if k in a):
+            raise RuntimeError(f"loop {phase_name!r}: steps differ in more than their lengths; trace with "
+                               "all_steps=True")
+        d = {k: c[k] - b[k] for k in LINEAR_COLUMNS if k in c}
+        if any(b[k] - a[k] != d[k] for k in d):
+            raise RuntimeError(f"loop {phase_name!r}: the attention shapes do not grow linearly over the last three "
+                               "steps; trace with all_steps=True")
+        slopes.append({k: v for k, v in d.items() if v})
+    return slopes
 
 
 def trace_pipeline(pipeline, request, *, all_steps: bool = False, replicate: bool | None = None
                    ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """Trace one run of a built pipeline (``request.device`` may be meta). Returns (calls, replicated loops).
 
-    ``replicate``: run two steps of each denoising loop and replicate the second (default: on the meta device
-    only; True also on real devices, when only shapes are wanted); ``all_steps=True`` never replicates.
+    ``replicate``: run two steps of each denoising loop and replicate the second, and three of each
+    autoregressive decode loop and extrapolate them (:func:`replicate_steps`) - default: on the meta device
+    only; True also on real devices, when only shapes are wanted; ``all_steps=True`` never replicates.
     """
-    from genscope.workloads.diffusion import limit_denoise_steps
+    from genscope.workloads.phases import limit_steps
 
     tracer = SequenceTracer()
     if replicate is None:
         replicate = request.device.type == "meta"
-    limit_steps = replicate and not all_steps
-    if not limit_steps:
+    if not replicate or all_steps:
         with tracer:
             pipeline(request)
         return tracer.frame(), []
@@ -216,7 +250,7 @@ def trace_pipeline(pipeline, request, *, all_steps: bool = False, replicate: boo
         loops.append((phase_name, steps, run, marks[-1], len(tracer.rows)))
         marks.append(len(tracer.rows))
 
-    with tracer, limit_denoise_steps(TRACED_STEPS, on_loop_end=on_loop_end):
+    with tracer, limit_steps(TRACED_STEPS, on_loop_end=on_loop_end, max_growing_steps=GROWING_TRACED_STEPS):
         pipeline(request)
     rows, notes = replicate_steps(tracer.rows, loops)
     return to_frame(rows), notes

@@ -84,6 +84,42 @@ def test_noisy_times_run_to_the_cap_and_are_unstable():
     assert result.row("b")["stable"] and not result.ratio("a", "b")["stable"]  # unstable if either is
 
 
+class DriftingTimer:
+    """Two variants, a (10 ms) and b (25 ms), whose round r both run at the machine's speed factor of that round."""
+
+    def __init__(self):
+        self.drift = itertools.cycle((1.0, 1.6, 0.8, 1.3, 0.7, 1.9, 1.1))
+        self.calls, self.factor, self.last = 0, 1.0, ""
+
+    def variants(self):
+        return {n: (lambda n=n: setattr(self, "last", n)) for n in "ab"}
+
+    def __call__(self, fn):
+        fn()
+        if self.calls % 2 == 0:  # the first call of a round: the machine's speed for this round
+            self.factor = next(self.drift)
+        self.calls += 1
+        return (10.0 if self.last == "a" else 25.0) * self.factor
+
+
+def test_drift_both_variants_share_cancels_in_the_paired_ratio():
+    # neither median is known to 5% (the speed drifts 0.7-1.9x between rounds); b / a is 2.5 in every round
+    timer = DriftingTimer()
+    result = m.measure(timer.variants(), warmup=0, min_reps=6, max_reps=40, timer=timer, compare=[("b", "a")])
+    assert not result.row("a")["stable"] and not result.row("b")["stable"]
+    ratio = result.ratio("b", "a")
+    assert ratio["ratio"] == pytest.approx(2.5) and ratio["stable"] and ratio["ci_pct"] < 1e-9
+    assert result.stop_reason == "ratio_within_bound" and ratio["reps"] == 6
+    # without ``compare`` the rounds go on to the cap: the absolute medians never settle
+    timer = DriftingTimer()
+    assert m.measure(timer.variants(), warmup=0, min_reps=6, max_reps=12, timer=timer).stop_reason == "max_reps"
+
+
+def test_compare_must_name_measured_variants():
+    with pytest.raises(UserError, match="unknown variant"):
+        m.measure({"a": lambda: None}, warmup=0, min_reps=1, max_reps=1, compare=[("a", "z")])
+
+
 def test_too_few_samples_are_never_stable():
     timer = ScriptedTimer({"a": iter(lambda: 10.0, None)})
     result = m.measure(timer.variants("a"), warmup=0, min_reps=3, max_reps=3, timer=timer)

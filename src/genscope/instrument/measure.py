@@ -27,8 +27,17 @@ adds time), which is why the median and a non-parametric interval are used, not 
 
 Columns (:attr:`Measurement.table`, one row per variant): variant, reps, min_ms, median_ms, max_ms,
 spread_pct ((max - min) / median), ci_low_ms, ci_high_ms, ci_pct (half-width, worst side, % of the median),
-stable (ci_pct <= ci_bound_pct). :meth:`Measurement.ratio` divides two medians; the ratio is stable only if
-both are.
+stable (ci_pct <= ci_bound_pct).
+
+Comparisons are paired: :meth:`Measurement.ratio` divides the two variants' times *round by round* (both ran
+in the same round, back to back, under the same load) and reports the median of those ratios with the same
+order-statistics interval; the ratio is stable when that interval is within ``ci_bound_pct``. On a machine
+whose speed drifts (a shared 2-core VM measured 25-36% spread between runs of one pipeline with nothing else
+running), the per-round ratio cancels the drift that both variants saw, so a speedup can be known to within
+5% when neither absolute time is; the absolute times keep their own ``stable`` verdicts. With ``compare``
+(pairs of variants), :func:`measure` also stops once every compared ratio is within the bound
+(``ratio_within_bound``). This is the paired design of pyperf's ``compare_to`` and of A/B benchmarking:
+interleave, pair, then test the differences.
 
 Contention (:class:`LoadRecord`): the 1-minute load average (``os.getloadavg``) at the start and the end,
 the CPU time of the other processes during the measurement (``/proc/stat``'s busy jiffies, steal included,
@@ -57,7 +66,7 @@ import math
 import os
 import resource
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import accumulate
 
@@ -108,6 +117,20 @@ def summarize(samples_ms: list[float], *, ci_bound_pct: float = CI_BOUND_PCT,
     return {"reps": n, "min_ms": xs[0], "median_ms": med, "max_ms": xs[-1],
             "spread_pct": 100.0 * (xs[-1] - xs[0]) / med if med > 0 else float("nan"),
             "ci_low_ms": low, "ci_high_ms": high, "ci_pct": ci_pct, "stable": bool(ci_pct <= ci_bound_pct)}
+
+
+def paired_ratio(numerator_ms: list[float], denominator_ms: list[float], *, ci_bound_pct: float = CI_BOUND_PCT,
+                 confidence: float = CONFIDENCE) -> dict:
+    """Median of the per-round ratios ``numerator_ms[i] / denominator_ms[i]`` (sample i of each from round i)
+    with its order-statistics interval: ratio, ratio_low, ratio_high, ci_pct, reps, stable."""
+    if len(numerator_ms) != len(denominator_ms):
+        raise ValueError(f"paired samples differ in count: {len(numerator_ms)} vs {len(denominator_ms)}")
+    ratios = [a / b for a, b in zip(numerator_ms, denominator_ms, strict=True) if b > 0]
+    if not ratios:
+        raise ValueError("no paired samples")
+    s = summarize(ratios, ci_bound_pct=ci_bound_pct, confidence=confidence)
+    return {"ratio": s["median_ms"], "ratio_low": s["ci_low_ms"], "ratio_high": s["ci_high_ms"],
+            "ci_pct": s["ci_pct"], "reps": s["reps"], "stable": s["stable"]}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -281,12 +304,11 @@ class Measurement:
         return self.table.set_index("variant").loc[variant].to_dict()
 
     def ratio(self, numerator: str, denominator: str) -> dict:
-        """median(numerator) / median(denominator), conservative bounds from the two intervals, and
-        ``stable`` only if both variants are stable."""
-        a, b = self.row(numerator), self.row(denominator)
-        return {"ratio": a["median_ms"] / b["median_ms"],
-                "ratio_low": a["ci_low_ms"] / b["ci_high_ms"], "ratio_high": a["ci_high_ms"] / b["ci_low_ms"],
-                "stable": bool(a["stable"] and b["stable"])}
+        """The paired ratio numerator / denominator: the median of the per-round ratios, its confidence
+        interval (``ratio_low``/``ratio_high``, ``ci_pct``) and ``stable`` (interval within the bound)."""
+        confidence = self.settings.get("confidence", CONFIDENCE)
+        return paired_ratio(self.samples_ms[numerator], self.samples_ms[denominator], ci_bound_pct=self.ci_bound_pct,
+                            confidence=confidence)
 
     def load_table(self) -> pd.DataFrame:
         return self.load.table().assign(stop_reason=self.stop_reason, ci_bound_pct=self.ci_bound_pct,
@@ -312,9 +334,10 @@ def measure(variants: Mapping[str, Callable[[], object]], *, device: torch.devic
             ci_bound_pct: float = CI_BOUND_PCT, confidence: float = CONFIDENCE,
             prepare: Mapping[str, Callable[[], object]] | None = None,
             progress: Callable[[str, int], None] | None = None,
-            timer: Callable[[Callable[[], object]], float] | None = None) -> Measurement:
-    """Interleaved repetitions of ``variants`` until each median is within ``ci_bound_pct`` (see the module
-    docstring). ``prepare[name]()``, if given, runs untimed before every call of that variant (e.g. switching
+            timer: Callable[[Callable[[], object]], float] | None = None,
+            compare: Sequence[tuple[str, str]] = ()) -> Measurement:
+    """Interleaved repetitions of ``variants`` until each median is within ``ci_bound_pct``, or each paired
+    ratio named in ``compare`` is (see the module docstring). ``prepare[name]()``, if given, runs untimed before every call of that variant (e.g. switching
     a model's configuration); ``progress(variant, round)`` is called after each timed call; ``timer(fn) -> ms``
     replaces the device's timer (tests)."""
     if not variants:
@@ -324,6 +347,9 @@ def measure(variants: Mapping[str, Callable[[], object]], *, device: torch.devic
     device = torch.device(device)
     timer = timer or _timer(device)
     names = list(variants)
+    unknown = {n for pair in compare for n in pair} - set(names)
+    if unknown:
+        raise UserError(f"compare names unknown variant(s) {', '.join(sorted(unknown))}")
     prepare = prepare or {}
     for name in names:
         for _ in range(warmup):
@@ -348,6 +374,10 @@ def measure(variants: Mapping[str, Callable[[], object]], *, device: torch.devic
                    for n in names):
                 stop = "ci_within_bound"
                 break
+            if compare and all(paired_ratio(samples[a], samples[b], ci_bound_pct=ci_bound_pct,
+                                            confidence=confidence)["stable"] for a, b in compare):
+                stop = "ratio_within_bound"
+                break
             if time.perf_counter() - start >= budget_s:
                 stop = "budget"
                 break
@@ -366,6 +396,6 @@ def unstable_marks(df: pd.DataFrame) -> pd.Series | None:
     return df["stable"].map(lambda s: "" if pd.isna(s) or bool(s) else "UNSTABLE")
 
 
-__all__ = ["BUSY_OTHERS_SHARE", "BUSY_SELF_CPU_PER_WALL", "CI_BOUND_PCT", "LoadMonitor", "LoadRecord",
+__all__ = ["paired_ratio", "BUSY_OTHERS_SHARE", "BUSY_SELF_CPU_PER_WALL", "CI_BOUND_PCT", "LoadMonitor", "LoadRecord",
            "Measurement", "busy_verdict", "measure", "median_ci_ranks", "settle_threads", "summarize",
            "unstable_marks"]

@@ -54,6 +54,7 @@ PASS_MODULES: dict[str, str] = {
     "cuda_graphs": "genscope.passes.cuda_graphs:CudaGraphsPass",
 }
 PASS_NAMES: tuple[str, ...] = tuple(PASS_MODULES)
+CUDA_ONLY_PASSES: tuple[str, ...] = ("cuda_graphs",)  # refused for a model that is not on a CUDA device
 
 FilterFn = Callable[[str, nn.Module], bool]
 

@@ -14,8 +14,11 @@ return tidy tables:
   (interleaved until each median's 95 % interval is within ``ci_bound_pct`` or ``e2e_budget_s`` runs out;
   default: three times what the six minimum rounds took):
   per backend ``<b>_min_ms``, ``<b>_spread_pct``, ``<b>_ci_pct``, ``<b>_stable``; ``e2e_speedup_low/high``,
-  ``ci_pct`` (the wider of the two), ``stable`` (both backends stable), ``busy`` and ``load_avg_1m`` (the machine's load while measuring);
-* ``e2e`` (one row per backend: measure's table) and ``load`` (the load record, threads chosen);
+  ``e2e_speedup`` and its interval are the *paired* ratio (median of per-round baseline/flash ratios,
+  :func:`genscope.instrument.measure.paired_ratio`), ``ci_pct`` its interval's half-width and ``stable``
+  its verdict (each backend's own median precision: ``<b>_stable``), ``busy`` and ``load_avg_1m`` (the
+  machine's load while measuring);
+* ``e2e`` (one row per backend: measure's table, its ``stable`` named ``median_stable``) and ``load`` (the load record, threads chosen);
 * ``class_total``: workload, attention, op_class, time_ms, share_pct (share of that backend's total) and
   normalized_pct (share of the *baseline* total: the bar heights of Figure 7).
 """
@@ -33,6 +36,7 @@ from genscope.instrument.measure import (
     MIN_REPS,
     Measurement,
     measure,
+    paired_ratio,
     settle_threads,
     summarize,
 )
@@ -111,27 +115,28 @@ def measure_backends(pipeline, request, *, budget_s: float | None, ci_bound_pct:
                 pipeline.generate(replace(request, attention=backend))
         return run
 
+    compare = (("baseline", "flash"),) if {"baseline", "flash"} <= set(backends) else ()
     return measure({b: runner(b) for b in backends}, device=pipeline.device, warmup=0, min_reps=MIN_REPS,
-                   budget_s=budget_s, ci_bound_pct=ci_bound_pct, progress=progress)
+                   budget_s=budget_s, ci_bound_pct=ci_bound_pct, progress=progress, compare=compare)
 
 
 def e2e_columns(profiles: dict[str, Profile], measurement: Measurement | None) -> dict:
     """The speedup row's timing columns: from ``measurement`` if given, else from the profiled walls."""
     if measurement is not None:
         rows = {b: measurement.row(b) for b in profiles}
-    else:
+        ratio = measurement.ratio("baseline", "flash")
+    else:  # the profiled repetitions ran as interleaved pairs too
         rows = {b: summarize(p.repeat_totals_ms) for b, p in profiles.items()}
+        ratio = paired_ratio(profiles["baseline"].repeat_totals_ms, profiles["flash"].repeat_totals_ms)
     base, flash = rows["baseline"], rows["flash"]
     out = {"baseline_ms": base["median_ms"], "flash_ms": flash["median_ms"],
-           "e2e_speedup": base["median_ms"] / flash["median_ms"],
-           "e2e_speedup_low": base["ci_low_ms"] / flash["ci_high_ms"],
-           "e2e_speedup_high": base["ci_high_ms"] / flash["ci_low_ms"],
+           "e2e_speedup": ratio["ratio"], "e2e_speedup_low": ratio["ratio_low"], "e2e_speedup_high": ratio["ratio_high"],
            "repeats": int(base["reps"]), "timed_by": "measure" if measurement is not None else "profiler"}
     for b, row in rows.items():
         out.update({f"{b}_min_ms": row["min_ms"], f"{b}_spread_pct": row["spread_pct"],
                     f"{b}_ci_pct": row["ci_pct"], f"{b}_stable": bool(row["stable"])})
-    out["ci_pct"] = max(base["ci_pct"], flash["ci_pct"])  # the worse of the two intervals
-    out["stable"] = bool(base["stable"] and flash["stable"])
+    out["ci_pct"] = ratio["ci_pct"]  # the speedup's interval (paired per round)
+    out["stable"] = bool(ratio["stable"])
     load = measurement.load if measurement is not None else None
     out["busy"] = bool(load.busy) if load is not None else False
     out["load_avg_1m"] = load.load_avg_1m if load is not None else float("nan")
@@ -184,7 +189,9 @@ def breakdown_tables(workload: str, profiles: dict[str, Profile],
     tables = {"class_time": class_time, "class_total": class_total, "speedup": speedup,
               "phase_time": pd.concat(phases, ignore_index=True), "other_ops": pd.concat(other, ignore_index=True)}
     if measurement is not None:
-        tables["e2e"] = measurement.table.rename(columns={"variant": "attention"}).assign(workload=workload)
+        # each backend's own median precision ("median_stable"); the record's verdict is the speedup's "stable"
+        tables["e2e"] = measurement.table.rename(columns={"variant": "attention", "stable": "median_stable"}
+                                                 ).assign(workload=workload)
         tables["load"] = measurement.load_table().assign(workload=workload)
     return tables
 

@@ -276,7 +276,8 @@ def run_ablation(workload: str = "stable-diffusion", preset: str = "small", imag
     timing = measure_variants({str(i): step for i in range(len(chosen))}, device=dev, warmup=0, min_reps=repeats,
                      max_reps=max(repeats, MAX_REPS), budget_s=time_budget_s,
                      prepare={str(i): (lambda i=i: configs.switch(i)) for i in range(len(chosen))},
-                     progress=lambda name, rnd: say(f"timing round {rnd + 1}") if name == "0" else None)
+                     progress=lambda name, rnd: say(f"timing round {rnd + 1}") if name == "0" else None,
+                     compare=[("0", str(i)) for i in range(1, len(chosen))])
 
     flops = step_flops(config, image_size)
     records, class_frames = [], []
@@ -296,11 +297,14 @@ def run_ablation(workload: str = "stable-diffusion", preset: str = "small", imag
                 class_frames.append(by.assign(row=row.label))
         t = timing.row(str(i))
         med = t["median_ms"]
+        # the row's speedup over the baseline: paired per round (genscope.instrument.measure.paired_ratio)
+        paired = timing.ratio("0", str(i))
         records.append({
             "row": row.label, "passes": "+".join(applied[i]) or "-", "dtype": dtype_name(model_dtype(unet)),
             "time_ms": med, "time_min_ms": t["min_ms"], "time_max_ms": t["max_ms"], "spread_pct": t["spread_pct"],
             "ci_low_ms": t["ci_low_ms"], "ci_high_ms": t["ci_high_ms"], "ci_pct": t["ci_pct"],
-            "stable": bool(t["stable"]) and bool(timing.row("0")["stable"]),  # the row and the baseline it is to
+            "speedup": paired["ratio"], "speedup_low": paired["ratio_low"], "speedup_high": paired["ratio_high"],
+            "median_stable": bool(t["stable"]), "stable": bool(paired["stable"]),  # the speedup's verdict
             "busy": timing.load.busy, "load_avg_1m": timing.load.load_avg_1m, "timed_reps": int(t["reps"]),
             "peak_tensor_mb": peak, "weight_mb": weight_bytes(unet) / 2**20,
             "max_rel_error": max_relative_error(outputs[i], reference),
@@ -310,8 +314,6 @@ def run_ablation(workload: str = "stable-diffusion", preset: str = "small", imag
             "swaps": len(logs[i]), "repeats": repeats,
         })
     ablation = pd.DataFrame(records)
-    base_ms = ablation["time_ms"].iloc[0]
-    ablation.insert(4, "speedup", base_ms / ablation["time_ms"])
     ablation["step_flops"] = flops
     swaps = pd.concat([log.table().assign(row=row.label) for row, log in zip(chosen, logs, strict=True)],
                       ignore_index=True)

@@ -69,12 +69,18 @@ def _key(value: Any, pointwise: bool, seen: list[bool]) -> Any:
     raise _NotKeyable
 
 
-class MetaOpCache(TorchDispatchMode):
-    """``with MetaOpCache():`` identical meta-device op calls run once (see the module docstring)."""
+# One table for the whole process: a key is the op and every argument's metadata, so an answer holds for any
+# model - the FLOP counts, the float16 recount and the sequence-length trace of a workload share their ops.
+_SHARED_OUTPUTS: dict[tuple, tuple] = {}
 
-    def __init__(self) -> None:
+
+class MetaOpCache(TorchDispatchMode):
+    """``with MetaOpCache():`` identical meta-device op calls run once (see the module docstring); the answers
+    are kept for the process (``shared=False``: for this instance only)."""
+
+    def __init__(self, shared: bool = True) -> None:
         super().__init__()
-        self.outputs: dict[tuple, tuple] = {}  # call key -> (output structure, [_Out])
+        self.outputs: dict[tuple, tuple] = _SHARED_OUTPUTS if shared else {}  # call key -> (structure, [_Out])
         self.hits = 0
         self._cacheable: dict[Any, tuple[bool, bool]] = {}  # op -> (cacheable, pointwise)
         # (key, id of the output) of the call just answered, None after an uncached one: what the FLOP counter

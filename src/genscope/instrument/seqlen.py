@@ -29,6 +29,7 @@ belong to, and does not run on the meta device; the entry point's call hook sees
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -36,6 +37,7 @@ from typing import Any
 import pandas as pd
 
 from genscope.errors import UserError
+from genscope.instrument.meta_cache import MetaOpCache
 from genscope.models.layers.attention import AttentionCall, register_call_hook
 from genscope.models.runtime import dtype_name, parse_device
 from genscope.workloads.phases import current_phase
@@ -240,7 +242,7 @@ def trace_pipeline(pipeline, request, *, all_steps: bool = False, replicate: boo
     if replicate is None:
         replicate = request.device.type == "meta"
     if not replicate or all_steps:
-        with tracer:
+        with tracer, MetaOpCache() if request.device.type == "meta" else contextlib.nullcontext():
             pipeline(request)
         return tracer.frame(), []
     loops: list[tuple[str, int, int, int, int]] = []
@@ -250,7 +252,10 @@ def trace_pipeline(pipeline, request, *, all_steps: bool = False, replicate: boo
         loops.append((phase_name, steps, run, marks[-1], len(tracer.rows)))
         marks.append(len(tracer.rows))
 
-    with tracer, limit_steps(TRACED_STEPS, on_loop_end=on_loop_end, max_growing_steps=GROWING_TRACED_STEPS):
+    # on meta, each distinct op call's output metadata is computed once (genscope.instrument.meta_cache)
+    op_cache = MetaOpCache() if request.device.type == "meta" else contextlib.nullcontext()
+    with tracer, limit_steps(TRACED_STEPS, on_loop_end=on_loop_end, max_growing_steps=GROWING_TRACED_STEPS), \
+            op_cache:
         pipeline(request)
     rows, notes = replicate_steps(tracer.rows, loops)
     return to_frame(rows), notes

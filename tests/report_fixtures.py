@@ -147,7 +147,7 @@ def taxonomy_tables(agree: bool) -> dict[str, pd.DataFrame]:
     return {"paper": pd.DataFrame(rows)}
 
 
-def optimization_tables(agree: bool) -> dict[str, pd.DataFrame]:
+def optimization_tables(agree: bool, stable: bool | None = None) -> dict[str, pd.DataFrame]:
     # Chen et al. Table 1 (Samsung S23 Ultra): 1098 -> 908 -> 755 -> 660 -> 525 ms; tensor 105 -> 85 MB with
     # fused GN/GELU; weights 1639 -> 2093 MB with Winograd
     time_ms = [1098, 908, 755, 660, 525] if agree else [1000, 1010, 1020, 1030, 1100]
@@ -157,6 +157,8 @@ def optimization_tables(agree: bool) -> dict[str, pd.DataFrame]:
                                      "+ flash attention", "+ Winograd"], "time_ms": time_ms,
                              "time_min_ms": [0.97 * t for t in time_ms], "time_max_ms": [1.04 * t for t in time_ms],
                              "peak_tensor_mb": tensor, "weight_mb": weight})
+    if stable is not None:  # the speedups' verdicts (paired per round), as the ablation stores them
+        ablation["stable"] = stable
     # Chen et al. Table 2: weight multipliers 1.77 / 4 / 7.12 / 11.12 for tiles 2, 4, 6, 8
     paper_weight = [1.77, 4.0, 7.12, 11.12]
     winograd = pd.DataFrame({"tile": ["2x2", "4x4", "6x6", "8x8"], "paper_weight_multiplier": paper_weight,
@@ -188,7 +190,7 @@ def synthetic_store(path, agree: bool = True, stable: bool | None = None,
             ("temporal", "attention-layer", sweep, "small", "cpu"),
             ("roofline", "suite", roofline_tables(agree), "paper", "meta"),
             ("taxonomy", "suite", taxonomy_tables(agree), "paper", "meta"),
-            ("optimization", "stable-diffusion", optimization_tables(agree), "small", "cpu")):
+            ("optimization", "stable-diffusion", optimization_tables(agree, stable), "small", "cpu")):
         if wanted(study):
             _save(store, study, workload, tables, preset=preset, device=device)
     return store

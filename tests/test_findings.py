@@ -67,6 +67,10 @@ def test_unstable_measurement_is_reported_unstable(tmp_path):
     assert df.loc["attention-share-flash-diffusion", "verdict"] == UNSTABLE
     assert df.loc["seqlen-step", "verdict"] == REPRODUCED  # analytical: no stable column -> unknown, judged
     assert df.loc["seqlen-step", "stable"] is None
+    # the ablation's timings are unstable; its memory and weight sizes are not timings and are judged
+    assert df.loc["chen-latency", "verdict"] == UNSTABLE
+    assert df.loc["chen-tensor-memory", "verdict"] == REPRODUCED and df.loc["chen-tensor-memory", "stable"] is None
+    assert df.loc["chen-winograd-weights", "verdict"] == REPRODUCED
     stable = evaluate(synthetic_store(tmp_path / "s.db", agree=True, stable=True)).set_index("key")
     assert stable.loc["table2-llama", "verdict"] == REPRODUCED and stable.loc["table2-llama", "stable"] is True
 

@@ -25,11 +25,16 @@ class Evidence:
     text: str
     records: list[RunRecord] = field(default_factory=list)
     rows: list[pd.DataFrame] = field(default_factory=list)  # the stored rows the value rests on (stability)
+    timed: bool = True  # False: a count, a byte size, a ratio of shapes - no timing's validity applies
 
     def stable(self) -> bool | None:
         """The validity of the timings the value rests on: the ``stable`` column of the rows read, and of any
         table of the runs read that carries one (a breakdown's class times are judged by its ``speedup``
-        row). False if any says False; True if there is at least one and all say True; None (unknown) if none."""
+        row). False if any says False; True if there is at least one and all say True; None (unknown) if none,
+        or if the value is not a timing (``timed=False``: memory and weight sizes of a run stand whatever its
+        timings' spread)."""
+        if not self.timed:
+            return None
         flags: list[bool] = []
         sources = [df for df in self.rows if "stable" in df.columns]
         for record in self.records:
@@ -367,7 +372,7 @@ def ablation_change(store: ResultsStore, rule: FindingRule) -> Evidence:
     value = 1 - new / ref if p["mode"] == "reduction" else new / ref - 1
     return Evidence(value, f"{'-' if p['mode'] == 'reduction' else '+'}{abs(100 * value):.1f}% ({p['column']} "
                            f"{ref:,.4g} -> {new:,.4g}, preset {record.preset})",
-                    [record], [by_row.loc[[p["reference"], p["row"]]]])
+                    [record], [by_row.loc[[p["reference"], p["row"]]]], timed=p["column"].startswith("time"))
 
 
 def winograd_tiles(store: ResultsStore, rule: FindingRule) -> Evidence:
@@ -380,7 +385,7 @@ def winograd_tiles(store: ResultsStore, rule: FindingRule) -> Evidence:
     deviation = float(((measured - paper).abs() / paper).max())
     text = ", ".join(f"{r.tile}: weight {float(r.measured_weight_multiplier):.2f}x (paper "
                      f"{float(r.paper_weight_multiplier):.2f}x)" for r in df.itertuples())
-    return Evidence(deviation, text, [record], [df])
+    return Evidence(deviation, text, [record], [df], timed=False)
 
 
 def _newest_with(store: ResultsStore, study: str, table: str) -> Iterable[RunRecord]:

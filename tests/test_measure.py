@@ -220,6 +220,6 @@ def test_cli_prints_unstable_next_to_such_results(capsys):
     out = capsys.readouterr().out.splitlines()
     assert "UNSTABLE" in next(line for line in out if " b " in f" {line} ")
     assert "UNSTABLE" not in next(line for line in out if " a " in f" {line} ")
-    row = pd.Series({"stable": False, "baseline_ci_pct": 12.0, "flash_ci_pct": 3.0, "busy": True})
-    assert "UNSTABLE" in validity_note(row) and "busy" in validity_note(row)
+    row = pd.Series({"stable": False, "ci_pct": 12.0, "e2e_speedup_low": 1.1, "e2e_speedup_high": 1.4, "busy": True})
+    assert "UNSTABLE" in validity_note(row) and "busy" in validity_note(row) and "1.10-1.40x" in validity_note(row)
     assert validity_note(row.copy().replace({False: True})) == ""

@@ -26,11 +26,11 @@ def _settings(args: argparse.Namespace, model: str):
 
 
 def validity_note(row) -> str:
-    """' UNSTABLE (...)' when the speedup row's medians are not known to within their bound; '' else."""
+    """' UNSTABLE (...)' when the speedup (the median of per-round ratios) is not known to within its bound."""
     if row.get("stable", True):
         return ""
-    b, f = row.get("baseline_ci_pct", float("nan")), row.get("flash_ci_pct", float("nan"))
-    ci = (f"95% interval of the median +-{b:.1f}% / {f:.1f}%" if math.isfinite(b) and math.isfinite(f)
+    ci, low, high = (row.get(k, float("nan")) for k in ("ci_pct", "e2e_speedup_low", "e2e_speedup_high"))
+    ci = (f"95% interval of the speedup {low:.2f}-{high:.2f}x, +-{ci:.1f}%" if math.isfinite(ci)
           else "under 6 repetitions: no 95% interval of the median")
     return f"  UNSTABLE ({ci}{'; the machine was busy' if row.get('busy', False) else ''})"
 

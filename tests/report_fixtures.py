@@ -181,11 +181,15 @@ def synthetic_store(path, agree: bool = True, stable: bool | None = None,
         _save(store, "breakdown", w, breakdown_tables(w, agree, False if w in unstable else stable,
                                                      3.0 if w in outliers else 1.0), preset=breakdown_preset)
     split, sweep = temporal_tables(agree)
+    scaling, prefill = scaling_tables(agree), prefill_tables(agree)
+    if stable is not None:  # single-run timings carry the machine's load verdict (instrument.measure)
+        load = pd.DataFrame([{"busy": not stable, "stable": stable}])
+        split, sweep, scaling, prefill = ({**t, "load": load} for t in (split, sweep, scaling, prefill))
     for study, workload, tables, preset, device in (
             ("seqlen", "stable-diffusion", seqlen_tables(agree), "paper", "meta"),
             ("memory-model", "stable-diffusion", memory_tables(agree), "paper", "meta"),
-            ("image-scaling", "stable-diffusion", scaling_tables(agree), "small", "cpu"),
-            ("prefill-decode", "suite", prefill_tables(agree), "small", "cpu"),
+            ("image-scaling", "stable-diffusion", scaling, "small", "cpu"),
+            ("prefill-decode", "suite", prefill, "small", "cpu"),
             ("temporal", "make-a-video", split, "small", "cpu"),
             ("temporal", "attention-layer", sweep, "small", "cpu"),
             ("roofline", "suite", roofline_tables(agree), "paper", "meta"),

@@ -14,6 +14,7 @@ import resource
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 import torch
 
@@ -223,3 +224,10 @@ def test_cli_prints_unstable_next_to_such_results(capsys):
     row = pd.Series({"stable": False, "ci_pct": 12.0, "e2e_speedup_low": 1.1, "e2e_speedup_high": 1.4, "busy": True})
     assert "UNSTABLE" in validity_note(row) and "busy" in validity_note(row) and "1.10-1.40x" in validity_note(row)
     assert validity_note(row.copy().replace({False: True})) == ""
+
+
+def test_single_run_timings_carry_the_load_verdict():
+    tables = m.with_load_verdict("cpu", lambda: {"t": pd.DataFrame({"x": [1]})})
+    load = tables["load"].iloc[0]
+    assert set(tables) == {"t", "load"} and bool(load["stable"]) == (not bool(load["busy"]))
+    assert {"load_avg_1m", "others_cpu_share", "self_cpu_per_wall"} <= set(tables["load"].columns)

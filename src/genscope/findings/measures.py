@@ -282,7 +282,7 @@ def temporal_summary(store: ResultsStore, rule: FindingRule) -> Evidence:
     backend = str(row["attention"].iloc[0]) if "attention" in row.columns else ""
     return Evidence(value, rule.params.get("fmt", "{:.3g}").format(value) + (f" ({backend} attention, preset "
                                                                               f"{record.preset})"),
-                    [record], [row])
+                    [record], [row], timed=rule.params["column"].startswith("time"))
 
 
 SWEEP_WORKLOAD = "attention-layer"  # genscope.studies.temporal's frames-sweep workload name
@@ -302,7 +302,7 @@ def frame_exponents(store: ResultsStore, rule: FindingRule) -> Evidence:
     by_layer = fits.groupby("layer")["exponent"].agg(["min", "max"])
     text = "; ".join(f"{layer} k = {row['min']:.2f}" + (f"-{row['max']:.2f}" if row["max"] > row["min"] else "")
                      for layer, row in by_layer.iterrows())
-    return Evidence(deviation, text, [record], [fits])
+    return Evidence(deviation, text, [record], [fits], timed=False)  # FLOP fits
 
 
 def frame_crossover(store: ResultsStore, rule: FindingRule) -> Evidence:
@@ -313,7 +313,7 @@ def frame_crossover(store: ResultsStore, rule: FindingRule) -> Evidence:
     within = np.isfinite(df["flops_grid_frames"].astype(float))
     parts = [f"{int(r.image_size)} px: " + (f"F = {float(r.flops_grid_frames):.1f}" if ok else str(r.predicted_status))
              for r, ok in zip(df.itertuples(), within, strict=True)]
-    return Evidence(float(within.mean()), "; ".join(parts), [record], [df])
+    return Evidence(float(within.mean()), "; ".join(parts), [record], [df], timed=False)  # FLOP crossovers
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -389,6 +389,17 @@ def measure(variants: Mapping[str, Callable[[], object]], *, device: torch.devic
                        ci_bound_pct=ci_bound_pct, stop_reason=stop, settings=settings)
 
 
+def with_load_verdict(device: torch.device | str, run: Callable[[], dict[str, pd.DataFrame]]
+                      ) -> dict[str, pd.DataFrame]:
+    """``run()``'s tables plus ``load``: the machine's load while it ran, and ``stable`` = not busy. For
+    studies that time single runs rather than interleaved rounds (no interval to judge them by): a timing
+    taken while other processes held the cores is not trusted, and the findings say "unstable"."""
+    with LoadMonitor(device) as monitor:
+        tables = dict(run())
+    tables["load"] = monitor.record.table().assign(stable=not monitor.record.busy)
+    return tables
+
+
 def unstable_marks(df: pd.DataFrame) -> pd.Series | None:
     """'UNSTABLE' where a table's ``stable`` column is False ('' elsewhere); None without that column."""
     if "stable" not in df.columns:
@@ -396,6 +407,6 @@ def unstable_marks(df: pd.DataFrame) -> pd.Series | None:
     return df["stable"].map(lambda s: "" if pd.isna(s) or bool(s) else "UNSTABLE")
 
 
-__all__ = ["paired_ratio", "BUSY_OTHERS_SHARE", "BUSY_SELF_CPU_PER_WALL", "CI_BOUND_PCT", "LoadMonitor", "LoadRecord",
+__all__ = ["paired_ratio", "with_load_verdict", "BUSY_OTHERS_SHARE", "BUSY_SELF_CPU_PER_WALL", "CI_BOUND_PCT", "LoadMonitor", "LoadRecord",
            "Measurement", "busy_verdict", "measure", "median_ci_ranks", "settle_threads", "summarize",
            "unstable_marks"]

@@ -216,8 +216,11 @@ class Settings:
 
 
 def run(settings: Settings, *, progress=None) -> dict[str, pd.DataFrame]:
-    """Tables ``times``, ``slopes``, ``crossovers``, ``skipped`` (see :func:`image_scaling`)."""
+    """Tables ``times``, ``slopes``, ``crossovers``, ``skipped`` (see :func:`image_scaling`) and ``load`` (the
+    machine's load while timing, ``stable`` = not busy)."""
+    from genscope.instrument.measure import with_load_verdict
+
     s = settings
-    return image_scaling(preset=s.preset, image_sizes=list(s.image_sizes), steps=s.steps, repeat=s.repeat,
+    return with_load_verdict(s.device, lambda: image_scaling(preset=s.preset, image_sizes=list(s.image_sizes), steps=s.steps, repeat=s.repeat,
                          device=s.device, dtype=s.dtype, phases=tuple(s.phases) or None,
-                         memory_fraction=s.memory_fraction, progress=progress).tables()
+                         memory_fraction=s.memory_fraction, progress=progress).tables())

@@ -361,10 +361,13 @@ class Settings:
 
 
 def run(settings: Settings, *, progress=None) -> dict[str, pd.DataFrame]:
-    """Tables ``sweep``, ``shapes``, ``workloads``, ``skipped`` (see :func:`prefill_decode`)."""
+    """Tables ``sweep``, ``shapes``, ``workloads``, ``skipped`` (see :func:`prefill_decode`) and ``load`` (the
+    machine's load while timing, ``stable`` = not busy)."""
+    from genscope.instrument.measure import with_load_verdict
+
     s = settings
     models = [] if s.sweep_only else (list(s.workloads) or None)
-    return prefill_decode(models, preset=s.preset, key_len=s.key_len, query_lens=list(s.query_lens) or None,
-                          heads=s.heads, head_dim=s.head_dim, repeat=s.repeat, device=s.device, dtype=s.dtype,
-                          trace_device=s.trace_device, max_shapes=s.max_shapes, sweep=s.sweep,
-                          progress=progress).tables()
+    return with_load_verdict(s.device, lambda: prefill_decode(
+        models, preset=s.preset, key_len=s.key_len, query_lens=list(s.query_lens) or None, heads=s.heads,
+        head_dim=s.head_dim, repeat=s.repeat, device=s.device, dtype=s.dtype, trace_device=s.trace_device,
+        max_shapes=s.max_shapes, sweep=s.sweep, progress=progress).tables())

@@ -178,7 +178,9 @@ class Settings:
 
 def run(settings: Settings, *, progress=None) -> dict[str, pd.DataFrame]:
     """Sweep: tables ``points``, ``fits``, ``crossover``, ``speedup``, ``counters``, ``notes``; split: ``split``,
-    ``calls``, ``summary``, ``flops``."""
+    ``calls``, ``summary``, ``flops``; both ``load`` (the machine's load, ``stable`` = not busy)."""
+    from genscope.instrument.measure import with_load_verdict
+
     if settings.part == "sweep":
-        return run_sweep(settings.sweep_config(), progress=progress)
-    return run_split(settings.split_config(), progress=progress)
+        return with_load_verdict(settings.device, lambda: run_sweep(settings.sweep_config(), progress=progress))
+    return with_load_verdict(settings.device, lambda: run_split(settings.split_config(), progress=progress))

@@ -3,7 +3,9 @@ a rule's thresholds judge (:class:`Evidence`), with a line of text showing what 
 
 A measurement never runs a study: what is not stored is "not measured" (value None). Stability: timed tables
 may carry a ``stable`` column (the measurement's validity rule, written by the timing code); any row read with
-``stable == False`` makes the finding "unstable", a table without the column is "unknown" stability.
+``stable == False`` makes the finding "unstable", a table without the column is "unknown" stability; a value
+that is no timing (``Evidence.timed=False``) is judged whatever the run's timings. (Just over 400 lines: one
+small function per kind of finding, in the order of the papers' sections.)
 """
 
 from __future__ import annotations

@@ -171,6 +171,10 @@ def test_crossover_and_slopes_from_known_power_laws():
     fitted = cross[cross["kind"] == "fitted"].iloc[0]
     assert measured["image_size"] == pytest.approx(128, rel=1e-3) and fitted["image_size"] == pytest.approx(128, 1e-3)
     assert measured["direction"] == "convolution overtakes attention"
+    # nearly parallel lines far apart (noisy timings) cross at an absurd size: no fitted crossover, no overflow
+    far = pd.DataFrame([{"image_size": s, "backend": "flash", "op_class": c, "time_ms": k * (s / 128) ** p}
+                        for s in (64, 128) for c, k, p in (("Convolution", 1e-300, 1.0), ("Attention", 1.0, 1.0 - 1e-6))])
+    assert crossovers(far).query("kind == 'fitted'").empty
 
 
 def test_image_scaling_runs_on_tiny():

@@ -101,12 +101,18 @@ def crossovers(times: pd.DataFrame) -> pd.DataFrame:
                          else "attention overtakes convolution"})
         pc, ic = loglog_fit(sizes, wide["Convolution"])
         pa, ia = loglog_fit(sizes, wide["Attention"])
-        if abs(pc - pa) > 1e-9:
-            at = math.exp((ia - ic) / (pc - pa))
+        # the fitted lines' crossing; nearly parallel lines (noisy timings) cross absurdly far away: only a
+        # crossing between 1 px and MAX_FITTED_CROSSOVER_PX is reported
+        log_at = (ia - ic) / (pc - pa) if abs(pc - pa) > 1e-9 else math.inf
+        if 0.0 <= log_at <= math.log(MAX_FITTED_CROSSOVER_PX):
+            at = math.exp(log_at)
             rows.append({"backend": backend, "kind": "fitted", "image_size": round(at, 1),
                          "direction": "convolution overtakes attention" if pc > pa
                          else "attention overtakes convolution"})
     return pd.DataFrame(rows, columns=["backend", "kind", "image_size", "direction"])
+
+
+MAX_FITTED_CROSSOVER_PX = 1e6
 
 
 def slopes(times: pd.DataFrame) -> pd.DataFrame:

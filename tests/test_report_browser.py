@@ -142,7 +142,8 @@ def test_page_states_verdicts_and_clipping(report):
     page, _ = report
     text = page.read_text(encoding="utf-8")
     assert "Mirrors Golden et al. Figure 7" in text and "Verdict: " in text
-    assert "the bars of muse are taller" in text  # the 3x outlier is clipped and said so
+    clipped = re.search(r"the bars of ([^.]*?) are taller", text)  # the 3x outlier is clipped and said so
+    assert clipped and "muse" in clipped.group(1).split(", ")  # (a noisy real tiny run may be clipped too)
     unstable = re.search(r"Marked unstable \(timing failed its validity rule\): ([^.]*)\.", text)
     assert unstable and "phenaki" in unstable.group(1).split(", ")  # stored stable == False
     assert text.count('<td class="verdict') >= 30 and "http://" not in text and "https://" not in text

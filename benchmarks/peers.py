@@ -67,7 +67,7 @@ def share_structure(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def bf16_copy(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+def low_precision_copy(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
     """A copy of ``model`` whose floating parameters and buffers are in ``dtype`` (only those are new memory)."""
     memo = {}
     for p in model.parameters():
@@ -100,9 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA GPU is available here")
+    from genscope.errors import UserError
+    from genscope.models.runtime import parse_device
+
+    try:
+        device = parse_device(args.device)
+    except UserError as exc:
+        parser.error(str(exc))
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device {args.device!r}: accepted cpu, cuda[:N]")
     # the 16-bit peer: bfloat16 weights on a CPU, float16 on a GPU (what users of each run)
     half, half_name = (torch.float16, "diffusers-fp16") if device.type == "cuda" else (torch.bfloat16, "diffusers-bf16")
     say = lambda text: print(f"[peers] {text}", file=sys.stderr, flush=True)  # noqa: E731
@@ -127,11 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     contestants: dict[str, tuple[nn.Module, torch.dtype]] = {}
     if "diffusers-fp32" not in skip:
         contestants["diffusers-fp32"] = (base, torch.float32)
-    bf16 = None
+    half_model = None
     if half_name not in skip or args.compile:
-        bf16 = bf16_copy(base, half)
+        half_model = low_precision_copy(base, half)
         if half_name not in skip:
-            contestants[half_name] = (bf16, half)
+            contestants[half_name] = (half_model, half)
     compile_s = None
     if args.compile and args.compile_dtype == "auto":
         from genscope.passes.auto import choose_precision
@@ -145,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
 
         inductor_config.freezing = True
         cdtype = getattr(torch, args.compile_dtype)
-        compile_model = base if cdtype == torch.float32 else bf16 if cdtype == half else bf16_copy(base, cdtype)
+        compile_model = (base if cdtype == torch.float32 else half_model if cdtype == half
+                         else low_precision_copy(base, cdtype))
         compiled = torch.compile(compile_model)
         say(f"compiling ({args.compile_dtype}, inductor, freezing=True) - minutes at paper scale")
         start = time.perf_counter()

@@ -46,7 +46,8 @@ def format_flops(result, top: int = 12) -> str:
         f"{fmt_bytes(s['bytes'])}; arithmetic intensity {s['ai_flops_per_param_byte']:,.1f} FLOP/param-byte, "
         f"{s['ai_flops_per_byte_moved']:,.1f} FLOP/byte moved",
         f"counted in {s['count_s']:.1f} s ({s['memoized_calls']} steps replicated, "
-        f"{s['predicted_calls']} extrapolated, {s['meta_value_reads']} meta value reads)",
+        f"{s['predicted_calls']} extrapolated, {s.get('replayed_blocks', 0)} block calls replayed, "
+        f"{s['meta_value_reads']} meta value reads)",
         "",
     ]
     phases = result.tables["phases"].copy()

@@ -43,30 +43,32 @@ CACHE_LIMIT = 200_000  # distinct calls kept (a paper-scale suite has a few thou
 
 
 @dataclass(frozen=True)
-class _Out:
+class TensorMeta:
     shape: tuple[int, ...]
     stride: tuple[int, ...]
     dtype: torch.dtype
 
 
-class _NotKeyable(Exception):
-    pass
+class NotKeyable(Exception):
+    """An argument whose metadata does not describe it (a real tensor, an object): the call is not cached."""
 
 
-def _key(value: Any, pointwise: bool, seen: list[bool]) -> Any:
-    """Hashable description of one argument (``seen[0]``: a meta tensor was met); raises _NotKeyable."""
+def arg_key(value: Any, pointwise: bool, seen: list[bool]) -> Any:
+    """Hashable description of one argument (``seen[0]``: a meta tensor was met); raises NotKeyable."""
     if isinstance(value, torch.Tensor):
         if value.device.type == "meta":
             seen[0] = True
             return (tuple(value.shape), value.stride(), value.dtype, value.storage_offset())
         if pointwise and value.dim() == 0 and value.device.type == "cpu":
             return ("cpu scalar", value.dtype)
-        raise _NotKeyable
+        raise NotKeyable
     if isinstance(value, (list, tuple)):
-        return tuple(_key(v, pointwise, seen) for v in value)
+        return tuple(arg_key(v, pointwise, seen) for v in value)
+    if isinstance(value, dict):  # a module's keyword arguments (``cross_attention_kwargs``)
+        return tuple(sorted((str(k), arg_key(v, pointwise, seen)) for k, v in value.items()))
     if isinstance(value, _PLAIN):
         return value
-    raise _NotKeyable
+    raise NotKeyable
 
 
 # One table for the whole process: a key is the op and every argument's metadata, so an answer holds for any
@@ -80,7 +82,8 @@ class MetaOpCache(TorchDispatchMode):
 
     def __init__(self, shared: bool = True) -> None:
         super().__init__()
-        self.outputs: dict[tuple, tuple] = _SHARED_OUTPUTS if shared else {}  # call key -> (structure, [_Out])
+        # call key -> (structure, [TensorMeta])
+        self.outputs: dict[tuple, tuple] = _SHARED_OUTPUTS if shared else {}
         self.hits = 0
         self._cacheable: dict[Any, tuple[bool, bool]] = {}  # op -> (cacheable, pointwise)
         # (key, id of the output) of the call just answered, None after an uncached one: what the FLOP counter
@@ -105,8 +108,8 @@ class MetaOpCache(TorchDispatchMode):
             return func(*args, **kwargs)
         seen = [False]
         try:
-            key = (func, _key(args, pointwise, seen), tuple((k, _key(v, pointwise, seen)) for k, v in kwargs.items()))
-        except _NotKeyable:
+            key = (func, arg_key(args, pointwise, seen), tuple((k, arg_key(v, pointwise, seen)) for k, v in kwargs.items()))
+        except NotKeyable:
             return func(*args, **kwargs)
         if not seen[0]:  # no meta tensor: a real computation, its values matter
             return func(*args, **kwargs)
@@ -123,6 +126,6 @@ class MetaOpCache(TorchDispatchMode):
         if all(isinstance(t, torch.Tensor) and t.device.type == "meta" and t.storage_offset() == 0 for t in leaves):
             if len(self.outputs) >= CACHE_LIMIT:
                 self.outputs.clear()
-            self.outputs[key] = (spec, [_Out(tuple(t.shape), t.stride(), t.dtype) for t in leaves])
+            self.outputs[key] = (spec, [TensorMeta(tuple(t.shape), t.stride(), t.dtype) for t in leaves])
             self.last = (key, id(out))
         return out

@@ -282,7 +282,10 @@ def trace_workload(model: str, settings=None, *, all_steps: bool = False, replic
     request = resolve_request(workload, settings)
     config = workload.config(request.preset)
     start = time.perf_counter()
-    pipeline = workload.build(config, request.device, request.dtype, request.weights)
+    if request.device.type == "meta" and request.weights is None:  # shapes only: built once per process
+        pipeline = workload.shapes_pipeline(config, request.dtype)
+    else:
+        pipeline = workload.build(config, request.device, request.dtype, request.weights)
     calls, notes = trace_pipeline(pipeline, request, all_steps=all_steps, replicate=replicate)
     return Trace(calls=calls, workload=workload.name, preset=request.preset, request=request, config=config,
                  wall_s=time.perf_counter() - start, replicated=notes)
@@ -318,9 +321,11 @@ def fundamental_period(calls: pd.DataFrame, phase: str | None = None) -> pd.Data
     elif phase not in phases:
         raise UserError(f"phase {phase!r} has no steps in this run; phases with steps: {', '.join(phases) or '-'}")
     loop = calls[(calls["phase"] == phase) & calls["step"].notna()]
-    steps = [g for _, g in loop.groupby("step", sort=True)]
-    signatures = {tuple(map(tuple, g[list(SIGNATURE)].itertuples(index=False))) for g in steps}
-    period = steps[0] if len(signatures) == 1 else loop
+    # each call's signature as a number, each step as the sequence of its calls' numbers: one period when
+    # every step has the same sequence (vectorized: a 50-step paper-scale trace has tens of thousands of rows)
+    codes = loop.groupby(list(SIGNATURE), sort=False, dropna=False).ngroup()
+    per_step = codes.groupby(loop["step"].to_numpy(), sort=True).agg(tuple)
+    period = loop[loop["step"] == per_step.index[0]] if per_step.nunique() == 1 else loop
     period = period.reset_index(drop=True)
     period.insert(0, "position", range(len(period)))
     return period

@@ -122,7 +122,8 @@ class ModuleSpec:
         lib = importlib.import_module(module_name)
         cls = getattr(lib, self.class_name)
         device = torch.device(device)
-        with quiet_libraries(), torch.random.fork_rng(devices=[]), torch.device(device):
+        skip = skip_init() if device.type == "meta" else contextlib.nullcontext()
+        with quiet_libraries(), torch.random.fork_rng(devices=[]), torch.device(device), skip:
             torch.manual_seed(seed)
             if config_name is None:
                 model = cls.from_config(self.kwargs())
@@ -147,6 +148,26 @@ def quiet_libraries() -> Iterator[None]:
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def skip_init() -> Iterator[None]:
+    """``torch.nn.init``'s in-place initializers do nothing while a model is built on the meta device: there are
+    no values to draw, and each call still dispatches a few ops (40% of a meta UNet's build time). The same
+    idea as torch's ``nn.utils.skip_init``, which only serves modules taking a ``device`` argument."""
+    names = [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(nn.init, n) for n in names}
+    for n in names:
+        setattr(nn.init, n, _no_init)
+    try:
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(nn.init, n, fn)
+
+
+def _no_init(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    return tensor
 
 
 def count_params(module: nn.Module) -> int:

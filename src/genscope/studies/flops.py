@@ -10,7 +10,8 @@ Tables (tidy, units in names; FLOPs = 2 x MACs; softmax apart, see ``genscope.in
 * ``summary`` (one row): totals, per image (divided by the batch), attention and softmax FLOPs, bytes moved,
   parameters and parameter bytes, both arithmetic intensities (FLOPs per parameter byte, as the paper
   defines it; FLOPs per byte moved), how long the count took, steps replicated (``memoized_calls``) and
-  extrapolated (``predicted_calls``), meta value reads;
+  extrapolated (``predicted_calls``), block calls replayed (``replayed_blocks``,
+  :mod:`genscope.instrument.block_replay`), meta value reads;
 * ``phases``: per phase (``text_encoder``, ``denoise``, ``decoder``, ...): entries (steps), flops, macs,
   softmax_flops, bytes, flops per entry (= per step), flops per image, share;
 * ``classes``: per operator class; ``phase_classes``: per phase and class;
@@ -90,7 +91,10 @@ def count_workload(name: str, preset: str = "paper", *, steps: int | None = None
     else:
         request = workload.request(replace(settings, device=str(dev), dtype=dtype_name(dt)))
     start = time.perf_counter()
-    pipeline = workload.build(workload.config(preset), request.device, request.dtype)
+    config = workload.config(preset)
+    on_meta = request.device.type == "meta"
+    pipeline = (workload.shapes_pipeline(config, request.dtype) if on_meta
+                else workload.build(config, request.device, request.dtype))
     build_s = time.perf_counter() - start
     start = time.perf_counter()
     predict = memoize
@@ -100,7 +104,6 @@ def count_workload(name: str, preset: str = "paper", *, steps: int | None = None
             pipeline(request)
     except SeriesBroken:  # a decode loop left its affine model: count it call by call
         predict = False
-        pipeline = workload.build(workload.config(preset), request.device, request.dtype)
         with record_phases(request.device) as times, FlopCounter(pipeline.components, memoize=memoize,
                                                                  predict=False) as counter:
             pipeline(request)
@@ -126,6 +129,7 @@ def count_workload(name: str, preset: str = "paper", *, steps: int | None = None
         "ai_flops_per_param_byte": total / request.batch_size / param_bytes if param_bytes else float("nan"),
         "ai_flops_per_byte_moved": total / bytes_moved if bytes_moved else float("nan"),
         "build_s": build_s, "count_s": count_s, "memoized_calls": counter.memo_replays, "predicted_calls": counter.predicted_calls,
+        "replayed_blocks": counter.block_replay.replays if counter.block_replay is not None else 0,
         "meta_value_reads": counter.meta_value_reads, "depth": depth,
         # every setting at the preset's default: what taxonomy / roofline may reuse from the store
         "defaults": all(v is None for v in (steps, image_size, frames, decode_tokens, guidance_scale))

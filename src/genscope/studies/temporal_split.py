@@ -200,7 +200,7 @@ def count_split(workload, request, model: _SplitModel, strided: bool) -> pd.Data
     from genscope.instrument.flops import FlopCounter
 
     meta_request = replace(request, device=torch.device("meta"))
-    pipeline = workload.build(workload.config(request.preset), "meta", request.dtype)
+    pipeline = workload.shapes_pipeline(workload.config(request.preset), request.dtype)
     if strided:
         from genscope.passes.temporal import apply
 

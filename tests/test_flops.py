@@ -417,3 +417,21 @@ def test_cli_flops_bad_input(capsys):
     assert "accepted" in capsys.readouterr().err
     assert main(["flops", "stable-diffusion", "--preset", "tiny", "--device", "tpu", "--no-store"]) == 2
     assert main(["flops", "stable-diffusion", "--preset", "tiny", "--steps", "0", "--no-store"]) == 2
+
+
+def test_shape_only_pipelines_are_built_once_per_config_and_dtype():
+    """Workload.shapes_pipeline shares one meta pipeline per (workload, config, dtype) and keeps a bounded few;
+    a count on the shared pipeline leaves it unpatched (block replay restores every forward)."""
+    from genscope.workloads import base
+
+    workload = registry.get("stable-diffusion")
+    config = workload.config("tiny")
+    first = workload.shapes_pipeline(config)
+    assert workload.shapes_pipeline(config) is first
+    assert workload.shapes_pipeline(config, torch.float16) is not first
+    assert next(first.component("denoiser").parameters()).device.type == "meta"
+    count_workload("stable-diffusion", "tiny", steps=4)  # counted on the shared float32 pipeline
+    assert not any("forward" in vars(m) for c in first.components for m in c.module.modules())
+    for name in registry.available():  # more workloads than are kept: the oldest is dropped
+        registry.get(name).shapes_pipeline(registry.get(name).config("tiny"))
+    assert len(base._SHAPES_PIPELINES) <= base.SHAPES_PIPELINES_KEPT

@@ -121,3 +121,20 @@ def test_cli_run_writes_png_and_summary_and_refuses_overwrite(tmp_path, capsys):
     assert (out / summary["outputs"][0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(argv) == 2
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_a_meta_build_skips_initializers_and_leaves_real_builds_as_they_were():
+    """A meta build replaces torch.nn.init's initializers only while it runs (genscope.models.spec.skip_init):
+    the same seeded CPU build before and after it draws the same weights, and the initializers are restored."""
+    import torch
+
+    workload = registry.get("stable-diffusion")
+    config = workload.config("tiny")
+    init_before = torch.nn.init.kaiming_uniform_
+    before = workload.build(config, "cpu").component("denoiser").state_dict()
+    meta = workload.build(config, "meta")
+    after = workload.build(config, "cpu").component("denoiser").state_dict()
+    assert torch.nn.init.kaiming_uniform_ is init_before
+    assert next(meta.component("denoiser").parameters()).device.type == "meta"
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert any(v.abs().sum() > 0 for v in after.values())  # initialized, not left empty

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -123,7 +124,7 @@ class ModuleSpec:
         cls = getattr(lib, self.class_name)
         device = torch.device(device)
         skip = skip_init() if device.type == "meta" else contextlib.nullcontext()
-        with quiet_libraries(), torch.random.fork_rng(devices=[]), torch.device(device), skip:
+        with _BUILDING, quiet_libraries(), torch.random.fork_rng(devices=[]), torch.device(device), skip:
             torch.manual_seed(seed)
             if config_name is None:
                 model = cls.from_config(self.kwargs())
@@ -148,6 +149,11 @@ def quiet_libraries() -> Iterator[None]:
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
+
+
+# builds take turns: while a meta build has torch.nn.init's initializers replaced (skip_init), a real build in
+# another thread would get uninitialized weights
+_BUILDING = threading.RLock()
 
 
 @contextlib.contextmanager

@@ -120,7 +120,7 @@ class Pipeline(abc.ABC):
             return self.generate(request)
 
 
-SHAPES_PIPELINES_KEPT = 8  # meta pipelines kept by Workload.shapes_pipeline (tens of MB of Python objects each)
+SHAPES_PIPELINES_KEPT = 16  # meta pipelines kept by Workload.shapes_pipeline (a few MB of Python objects each)
 _SHAPES_PIPELINES: dict[tuple, Pipeline] = {}
 
 

@@ -45,7 +45,7 @@ CANDIDATE_DTYPES = ("float32", "bfloat16", "float16")
 PER_LAYER_PASSES = ("selective_flash", "winograd")  # decide per layer (measured per shape) themselves
 # optional passes in the order they are applied (channels_last before prepacked_conv: it feeds it NHWC)
 OPTIONAL_PASSES = ("fused_groupnorm", "fused_geglu", "fused_qkv", "onednn_linear", "channels_last", "prepacked_conv")
-AUTO_VERSION = 4  # part of the cache key: bump when the probes change
+AUTO_VERSION = 5  # part of the cache key: bump when the probes or the cached row change
 # probe inputs: tokens of a [2, tokens, D] sequence, side of a [2, C, side, side] image - big enough that a GEMM
 # or convolution is not dominated by per-call overhead (at 256 tokens the oneDNN linear measured slower than
 # F.linear on a paper-scale FeedForward, at 1024 and more 1.2-2x faster)
@@ -149,7 +149,8 @@ def choose_precision(model: nn.Module, device: torch.device, candidates=CANDIDAT
     injected = timer is not None  # fake timings are never cached
     cached = cache.get(key) if cache is not None and not injected else None
     if cached is not None and cached.get("choice") in runnable:
-        return cached["choice"], {**cached, "rule": "measured (cached)", "refused": refused}
+        screened = [n for n in cached.get("screened", "").split("+") if n]
+        return cached["choice"], {**cached, "rule": _precision_rule("measured (cached)", screened), "refused": refused}
     timer = timer or default_timer(max(repeats, 5), device)
     default = "float32" if "float32" in runnable else runnable[0]
     # screen: two small runs each; a dtype over SCREEN_FACTOR x the default's time (emulated) goes no further
@@ -162,13 +163,18 @@ def choose_precision(model: nn.Module, device: torch.device, candidates=CANDIDAT
     # per dtype: the sum over the probe's ops, per interleaved repetition
     times = {n: [sum(vals) for vals in zip(*(per_op[f"{n}/{op}"] for op in probes[n]), strict=True)] for n in kept}
     best, medians = decide(times, default)
-    medians.update({n: screen_ms[n] for n in runnable if n not in kept})  # screened out: the screen's time
-    value = {"choice": best, **{f"{k}_ms": round(v, 3) for k, v in medians.items()}}
+    screened = [n for n in runnable if n not in kept]
+    # a screened-out dtype's time is the screen's (a smaller probe): named apart, never beside the full probe's
+    value = {"choice": best, **{f"{k}_ms": round(v, 3) for k, v in medians.items()},
+             **{f"{n}_screen_ms": round(screen_ms[n], 3) for n in runnable}, "screened": "+".join(screened)}
     if cache is not None and not injected:
         cache.put(key, value)
-    screened = [n for n in runnable if n not in kept]
-    return best, {**value, "rule": "measured" + (f" ({', '.join(screened)} screened out)" if screened else ""),
-                  "refused": refused}
+    return best, {**value, "rule": _precision_rule("measured", screened), "refused": refused}
+
+
+def _precision_rule(how: str, screened: list[str]) -> str:
+    return how + (f" ({', '.join(screened)} screened out: over {SCREEN_FACTOR:g}x float32 on the screen probe)"
+                  if screened else "")
 
 
 class _Unit(nn.Module):
@@ -311,7 +317,7 @@ def apply_auto(model: nn.Module, config, filter_fn=None):
 def summary(decisions: list[dict[str, Any]]) -> str:
     parts = []
     for row in decisions:
-        times = {k[:-3]: v for k, v in row.items() if k.endswith("_ms")}
+        times = {k[:-3]: v for k, v in row.items() if k.endswith("_ms") and not k.endswith("_screen_ms")}
         timing = ", ".join(f"{k} {v:.1f} ms" for k, v in times.items())
         parts.append(f"{row['pass']}: {row.get('choice')}" + (f" ({timing})" if timing else ""))
     return "; ".join(parts)

@@ -278,3 +278,26 @@ def test_onednn_linear_equals_the_linear_it_replaces():
     apply(holder := torch.nn.Sequential(linear), PassConfig(passes=("onednn_linear",)))
     holder(x).sum().backward()  # with autograd the layer falls back to F.linear: gradients flow
     assert x.grad is not None and x.grad.shape == x.shape
+
+
+def test_per_shape_passes_share_one_example_forward(tmp_path):
+    """selective_flash and winograd decide per shape in the same example forward (PassContext.after_example):
+    one forward of the model, not one per pass; a pass that does not share runs after it, on the outcome."""
+    unet, args, kwargs = tiny_unet()
+    calls = []
+    unet.register_forward_pre_hook(lambda module, inputs: calls.append(1))
+    config = PassConfig(passes=("selective_flash", "winograd"), example_inputs=args, example_kwargs=kwargs,
+                        decisions_path=str(tmp_path / "decisions.json"))
+    log = apply(unet, config)
+    assert len(calls) == 1
+    assert {s.pass_name for s in log} >= {"selective_flash"}
+    assert any(n.startswith("winograd:") and "3x3 convolutions use Winograd" in n for n in log.notes)
+    assert not log.pending
+    # kept Winograd layers are those whose measured choice was a Winograd variant; the others were undone
+    assert all(s.new.variants_used() for s in log if s.pass_name == "winograd")
+    calls.clear()
+    unet2, _, _ = tiny_unet()
+    unet2.register_forward_pre_hook(lambda module, inputs: calls.append(1))
+    apply(unet2, PassConfig(passes=("selective_flash", "fused_groupnorm", "winograd"), example_inputs=args,
+                            example_kwargs=kwargs, decisions_path=str(tmp_path / "decisions.json")))
+    assert len(calls) == 2  # fused_groupnorm does not share: the first forward finishes selective_flash before it

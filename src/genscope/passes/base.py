@@ -156,6 +156,7 @@ class SwapLog(list):
         super().__init__(swaps)
         self.notes: list[str] = []
         self.oracle: list[OracleResult] = []
+        self.pending: list[Callable[[], None]] = []  # work waiting for the shared example forward (apply)
         self.decisions: list[dict[str, Any]] = []
 
     @property
@@ -297,6 +298,13 @@ class PassContext:
     def has_example(self) -> bool:
         return bool(self.config.example_inputs) or bool(self.config.example_kwargs)
 
+    def after_example(self, finish: Callable[[], None]) -> None:
+        """Run ``finish`` after a forward on the example inputs: the per-shape choosers a pass installed decide
+        during that forward. Passes that defer their work this way (``Pass.shares_example``) share one forward
+        (at paper scale a forward is 10-20 s of a 2-core CPU's time): :func:`apply` runs it before the next
+        pass that does not share, and at the end."""
+        self.log.pending.append(finish)
+
     def run_example(self) -> None:
         """One forward on the example inputs, floating tensors cast to the model's current dtype."""
         dtype = model_dtype(self.model)
@@ -314,6 +322,9 @@ class Pass:
 
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""  # row label in the ablation
+    # finishes after a forward it shares with the passes around it (PassContext.after_example): only the
+    # modules it swapped decide in that forward, and no other sharing pass reads them
+    shares_example: ClassVar[bool] = False
 
     def run(self, ctx: PassContext) -> None:
         raise NotImplementedError
@@ -337,13 +348,27 @@ def apply(model: nn.Module, config: PassConfig, filter_fn: FilterFn | None = Non
     device = model_device(model)
     backend = resolve_backend(config.backend, device)
     log = SwapLog()
+
+    def finish_pending(ctx: PassContext) -> None:
+        if log.pending:
+            ctx.run_example()  # one forward: every waiting pass's choosers decide their shapes
+            pending, log.pending = log.pending, []
+            for finish in pending:
+                finish()
+
     try:
+        ctx = None
         for name in config.passes:
             ctx = PassContext(model, config, filter_fn, name, log, backend)
+            the_pass = get_pass(name)
+            if not the_pass.shares_example:
+                finish_pending(ctx)
             before = len(log)
-            get_pass(name).run(ctx)
+            the_pass.run(ctx)
             if len(log) == before and not any(n.startswith(f"{name}:") for n in log.notes):
                 ctx.note("nothing to swap in this model; nothing changed")
+        if ctx is not None:
+            finish_pending(ctx)
     except BaseException:
         log.undo()  # a refused pass leaves the model as it was
         raise

@@ -106,6 +106,7 @@ class FlashChooser:
 class SelectiveFlashPass(Pass):
     name = "selective_flash"
     title = "selective flash attention"
+    shares_example = True
 
     def run(self, ctx: PassContext) -> None:
         modules = diffusers_attention_modules(ctx)
@@ -134,4 +135,4 @@ class SelectiveFlashPass(Pass):
         if unrouted:
             ctx.note(f"{unrouted} attention module(s) not routed through genscope's entry point left as they are")
         if ctx.has_example() and any(s.pass_name == self.name for s in ctx.log):
-            ctx.run_example()  # the chooser sees (and decides) every attention shape of this forward
+            ctx.after_example(lambda: None)  # the chooser sees (and decides) every attention shape of that forward

@@ -318,6 +318,7 @@ class ConvChooser:
 class WinogradPass(Pass):
     name = "winograd"
     title = "Winograd"
+    shares_example = True
 
     def run(self, ctx: PassContext) -> None:
         candidates = list(ctx.modules(lambda p, m: is_winograd_candidate(m)))
@@ -367,18 +368,22 @@ class WinogradPass(Pass):
         swaps = [ctx.swap(path, WinogradConv2d.from_conv(conv, ctx.backend, fixed, chooser), how)
                  for path, conv in candidates]
         if chooser is not None and ctx.has_example():
-            ctx.run_example()  # every layer measures (or reads its cached decision for) its input shape
-            self._apply_budget(ctx, swaps)
-            for swap in swaps:
-                used = swap.new.variants_used()
-                if used:
-                    swap.reason = f"{', '.join(sorted(v.name for v in used))}: measured faster than direct convolution"
-                    continue
-                swap.undo()  # direct convolution won, the layer did not run, or it did not fit the budget
-                ctx.log.remove(swap)
-            kept = sum(1 for s in swaps if s in ctx.log)
-            ctx.note(f"{kept} of {len(swaps)} 3x3 convolutions use Winograd (the others measured faster direct"
-                     + (" or did not fit the weight budget)" if cfg.winograd_weight_budget is not None else ")"))
+            # every layer measures (or reads its cached decision for) its input shape in the example forward
+            ctx.after_example(lambda: self._keep_used(ctx, swaps))
+
+    def _keep_used(self, ctx: PassContext, swaps) -> None:
+        """After the example forward: the budget, then undo every swap whose layer chose direct convolution."""
+        self._apply_budget(ctx, swaps)
+        for swap in swaps:
+            used = swap.new.variants_used()
+            if used:
+                swap.reason = f"{', '.join(sorted(v.name for v in used))}: measured faster than direct convolution"
+                continue
+            swap.undo()  # direct convolution won, the layer did not run, or it did not fit the budget
+            ctx.log.remove(swap)
+        kept = sum(1 for s in swaps if s in ctx.log)
+        ctx.note(f"{kept} of {len(swaps)} 3x3 convolutions use Winograd (the others measured faster direct"
+                 + (" or did not fit the weight budget)" if ctx.config.winograd_weight_budget is not None else ")"))
 
     @staticmethod
     def _apply_budget(ctx: PassContext, swaps) -> None:

@@ -172,7 +172,10 @@ class BlockReplay:
                 continue  # leaves and thin wrappers: a few ops, less to save than a key costs; or an instance
                 # forward someone else set
             seen.add(id(module))
-            module.forward = self._wrap(module, module.forward)
+            try:
+                module.forward = self._wrap(module, module.forward)
+            except (AttributeError, TypeError):  # a scripted module, a forward that cannot be set: always runs
+                continue
             self._patched.append(module)
         return self
 

@@ -108,3 +108,32 @@ def test_the_check_stops_replay_when_the_second_call_differs():
     assert counter.block_replay.replays == 0  # the second call ran the MLP twice: the key always runs
     pd.testing.assert_frame_equal(fast, exact)
     assert counter.get_total_flops() == 6 * 2 * (2 * 3 * 16 * 64)  # five blocks, the second one twice
+
+
+class Settings:
+    def __init__(self, double: bool):
+        self.double = double
+
+
+class Configured(Mlp):
+    """Its work depends on a setting held in an object (as transformers layers read ``self.config``)."""
+
+    def __init__(self, width: int, double: bool):
+        super().__init__(width)
+        self.settings = Settings(double)
+
+    def forward(self, x, cache=None):
+        y = super().forward(x)
+        return super().forward(y) if self.settings.double else y
+
+
+def test_blocks_whose_settings_objects_differ_do_not_share_a_recording():
+    x = torch.empty(3, 16, device="meta")
+    blocks = [False, False, False, True, True]  # the last two do twice the work: never replayed from the first
+    model = stack(lambda: None, n=0)
+    model.blocks = nn.ModuleList(Configured(16, double) for double in blocks)
+    fast, counter = count(model, x, memoize=True)
+    exact, _ = count(model, x, memoize=False)
+    pd.testing.assert_frame_equal(fast, exact)
+    assert counter.block_replay.replays == 1  # the third plain block; the two doubling ones: recorded, checked
+    assert counter.get_total_flops() == 7 * 2 * (2 * 3 * 16 * 64)

@@ -90,7 +90,12 @@ def _attribute(value: Any) -> Any:
         return tuple(value)
     if callable(value) and not isinstance(value, type):  # a function kept on the block: which one it is
         return ("callable", id(getattr(value, "__func__", value)))
-    return type(value).__qualname__  # another object (a config, an attention processor): its class
+    # another object (a transformers config, an attention processor, an enum member): its class and its own
+    # plain attributes, one level deep (two configs differing in an activation or attention implementation
+    # differ here; the processors genscope installs, which differ only in the site they name, do not)
+    fields = getattr(value, "__dict__", None)
+    plain = tuple(sorted((k, v) for k, v in fields.items() if isinstance(v, _PLAIN))) if isinstance(fields, dict) else ()
+    return type(value).__qualname__, plain
 
 
 def describe_own(module: nn.Module) -> tuple:

@@ -7,7 +7,8 @@ bytes and calls per op and per module below it) and its outputs' shapes depend o
 
 * the block's structure: its class, every submodule's class, parameter and buffer shapes and dtypes, and
   plain attributes (``heads``, ``eps``, ``up``...; transformers' ``layer_idx``, an index into a KV cache
-  passed as an argument, is left out so that identical layers match),
+  passed as an argument, is left out so that identical layers match), with the functions it keeps (which
+  one) and the plain attributes of the objects it keeps (a transformers config's activation),
 * its arguments: every tensor's shape, stride, dtype and storage offset (all on meta) and every other
   argument's value (numbers, strings, ``None``, tuples and dicts of them),
 * whether it runs inside an attention entry-point call (the counter's ``Attention`` class).

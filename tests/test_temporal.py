@@ -185,6 +185,14 @@ def test_split_finds_spatial_and_temporal_calls_with_their_layouts(split_tables)
     assert temporal["path"].str.contains("temp_attentions|transformer_in").all()
 
 
+def test_the_strided_count_leaves_the_shared_shape_only_pipeline_as_it_was(split_tables):
+    """The strided variant's pass changes a model: it must be a build of its own, not the process's shared
+    meta pipeline that later counts and traces of make-a-video read (Workload.shapes_pipeline)."""
+    workload = registry.get("make-a-video")
+    shared = workload.shapes_pipeline(workload.config("tiny"))
+    assert not any(getattr(m, "_genscope_strided", False) for c in shared.components for m in c.module.modules())
+
+
 def test_split_charges_time_flops_and_layout_copies(split_tables):
     split, summary, flops = split_tables["split"], split_tables["summary"], split_tables["flops"]
     std = split[split["variant"] == "standard"].set_index(["group", "component"])["time_ms"]

@@ -200,11 +200,14 @@ def count_split(workload, request, model: _SplitModel, strided: bool) -> pd.Data
     from genscope.instrument.flops import FlopCounter
 
     meta_request = replace(request, device=torch.device("meta"))
-    pipeline = workload.shapes_pipeline(workload.config(request.preset), request.dtype)
-    if strided:
+    config = workload.config(request.preset)
+    if strided:  # the pass changes the model: its own build, never the process's shared shape-only pipeline
         from genscope.passes.temporal import apply
 
+        pipeline = workload.build(config, "meta", request.dtype)
         apply(pipeline.component(model.component))
+    else:
+        pipeline = workload.shapes_pipeline(config, request.dtype)
     with torch.inference_mode(), use_backend(request.attention), FlopCounter(pipeline.components) as counter:
         pipeline.generate(meta_request)
     rows = counter.table()

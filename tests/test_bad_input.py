@@ -254,3 +254,26 @@ def test_memory_fraction_through_the_library(fraction):
         image_scaling(preset="tiny", image_sizes=[64], steps=1, repeat=1, memory_fraction=fraction)
     with pytest.raises(UserError, match="memory fraction"):
         memory_budget(torch.device("cpu"), fraction)
+
+
+@pytest.mark.parametrize(("argv", "code"), [(["models"], 0), (["flops", "no-such-model"], 2)])
+def test_console_script_runs_exit_handlers_and_flushes_before_leaving(argv, code):
+    # `genscope` leaves with os._exit after the command (no module teardown): what was registered with atexit
+    # must still run, everything printed must arrive, and the command's exit code must be the process's
+    script = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('exit handler ran', flush=True))\n"
+        f"sys.argv = ['genscope', *{argv!r}]\n"
+        "print('x' * 100000)\n"  # more than a pipe's buffer: must be flushed, not lost
+        "from genscope.cli import run\n"
+        "run()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == code, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[0] == "x" * 100000
+    assert lines[-1] == "exit handler ran"
+    if code == 2:
+        assert "unknown model 'no-such-model'" in out.stderr
+    else:
+        assert "stable-diffusion" in out.stdout

@@ -8,9 +8,12 @@ code 2 (``UserError`` and argparse errors alike).
 from __future__ import annotations
 
 import argparse
+import atexit
 import gc
 import importlib
+import os
 import sys
+import threading
 from collections.abc import Callable
 
 from genscope.errors import UserError
@@ -61,8 +64,6 @@ def main(argv: list[str] | None = None) -> int:
         print("genscope: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into e.g. `head`
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 
@@ -78,19 +79,26 @@ def run() -> None:
     """The ``genscope`` console script: :func:`main` in a process that runs one command and exits.
 
     Two process-wide settings that :func:`main` itself (called in-process by tests and notebooks) leaves
-    alone: the collector's thresholds (:data:`CLI_GC_THRESHOLD`), and ``gc.freeze()`` once the command is
-    done, so that the interpreter's shutdown collections do not walk the import graph of torch and the model
-    libraries again (about 1 s at every exit otherwise). Exit handlers still run and the store's connections
-    are closed by then (each operation opens and closes its own).
+    alone: the collector's thresholds (:data:`CLI_GC_THRESHOLD`), and how the process ends. Once the command
+    is done, the exit handlers run (``atexit``: logging's flush, Ray's shutdown, torch's) and the streams are
+    flushed, then the process leaves with ``os._exit`` instead of tearing down every module: the
+    interpreter's shutdown walks the object graph of torch, diffusers and transformers several times (2.0-2.4 s
+    after a paper-scale ``characterize`` on the 2-core development VM; ``gc.freeze()`` avoided most of it but
+    made triton's nanobind extension, which torch's FLOP counter imports where triton is installed, print
+    every frozen object as "leaked"). A command that left a non-daemon thread running exits the usual way,
+    which waits for it. The store's connections are closed by then (each operation opens and closes its own).
     """
     gc.set_threshold(*CLI_GC_THRESHOLD)
     code = main()
-    # nanobind-based extensions (triton, which torch.utils.flop_counter imports where it is installed) report
-    # every object still alive at their teardown as "leaked" - frozen objects would be - on stderr
-    if not any(name == "triton" or name.startswith("triton.") for name in sys.modules):
-        gc.freeze()
+    if all(t.daemon or t is threading.main_thread() for t in threading.enumerate()):
+        atexit._run_exitfuncs()  # what the interpreter's exit would run first
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe (`| head`) or stream: nothing more to write
+                pass
+        os._exit(int(code or 0))
     sys.exit(code)
-
 
 if __name__ == "__main__":
     # `python -m genscope.cli`: run the imported module, whose COMMANDS the command modules register into

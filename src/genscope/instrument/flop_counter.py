@@ -46,7 +46,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from genscope.instrument.block_replay import BlockReplay, component_paths
 from genscope.instrument.flop_formulas import fused_attention_flop, op_bytes, op_name, op_softmax_flops
 from genscope.instrument.flop_steps import SeriesBroken, StepRows, fit_steps
-from genscope.instrument.meta_cache import MetaOpCache
+from genscope.instrument.meta_cache import MetaDispatchMode, MetaOpCache
 from genscope.instrument.opclasses import op_class
 from genscope.models.layers.attention import register_wrapper
 from genscope.workloads.phases import current_phase, limit_steps
@@ -61,6 +61,49 @@ GROWING_STEPS = 4  # steps run of an autoregressive loop: the first may differ, 
 ROW_COLUMNS = ["phase", "module", "op", "op_class", "flops", "macs", "softmax_flops", "bytes", "calls"]
 
 __all__ = ["FlopCounter", "SeriesBroken", "NO_PHASE", "NO_MODULE", "IDENTICAL_STEPS", "GROWING_STEPS"]
+
+
+# ops torch's counting mode leaves to the next handler (metadata queries of non-standard tensors)
+_METADATA_OPS = frozenset({
+    aten.sym_is_contiguous.default, aten.is_contiguous.default, aten.is_contiguous.memory_format,
+    aten.is_strides_like_format.default, aten.is_non_overlapping_and_dense.default, aten.size.default,
+    aten.sym_size.default, aten.stride.default, aten.sym_stride.default, aten.storage_offset.default,
+    aten.sym_storage_offset.default, aten.numel.default, aten.sym_numel.default, aten.dim.default,
+    torch.ops.prim.layout.default})
+
+
+class _CountingMode(MetaDispatchMode):
+    """The dispatch mode of :class:`FlopCounter`: torch's ``FlopCounterMode`` dispatch, same decisions, less work.
+
+    As torch's (private) ``_FlopCounterMode``: an op with no formula of its own is decomposed when it has a
+    composite (``CompositeImplicitAutograd``) decomposition and its parts are counted; any other op runs and
+    is counted. Unlike it: an op whose ``decompose`` said ``NotImplemented`` once (that depends on how the
+    op is registered, not on its arguments) is not offered again (torch pushes the mode and asks for each
+    of the 50-100 k op calls of a paper-scale count), and on the meta device the op runs through the
+    :class:`~genscope.instrument.meta_cache.MetaOpCache` called directly rather than as a second mode
+    stacked under this one (one Python dispatch per op instead of two). Higher-order operators (``cond``,
+    Triton kernels) are not supported (torch errors out naming the mode); genscope's workloads run none.
+    """
+
+    def __init__(self, counter: "FlopCounter", op_cache: MetaOpCache | None) -> None:
+        super().__init__()
+        self.counter = counter
+        self.op_cache = op_cache
+        self.registry = counter.flop_registry  # op packets, and the overloads of custom mappings
+        self.not_composite: set = {torch.ops.prim.device.default}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _METADATA_OPS:
+            return NotImplemented
+        if func not in self.registry and func not in self.not_composite:
+            with self:
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
+            self.not_composite.add(func)
+        out = self.op_cache.run(func, args, kwargs) if self.op_cache is not None else func(*args, **kwargs)
+        return self.counter._count_flops(func._overloadpacket, out, args, kwargs)
 
 
 def _depth_key(path: str) -> tuple[int, int]:
@@ -110,9 +153,11 @@ class FlopCounter(FlopCounterMode):
     def __enter__(self):
         on_meta = self._on_meta()
         self.op_cache = MetaOpCache() if self.meta_cache and on_meta else None
-        if self.op_cache is not None:
-            self.op_cache.__enter__()  # below torch's counting mode: entered first, left last
-        super().__enter__()
+        # what FlopCounterMode.__enter__ does, with this module's dispatch mode in place of torch's
+        self.flop_counts.clear()
+        self.mod_tracker.__enter__()
+        self.mode = _CountingMode(self, self.op_cache)
+        self.mode.__enter__()
         handles = [register_module_forward_pre_hook(self._enter_module),
                    register_module_forward_hook(self._exit_module), register_wrapper(self._attention_wrapper)]
         self._exits = [h.remove for h in handles]
@@ -133,10 +178,7 @@ class FlopCounter(FlopCounterMode):
             undo()
         self._exits = []
         self._limited = False
-        result = super().__exit__(*args)
-        if self.op_cache is not None:
-            self.op_cache.__exit__(None, None, None)
-        return result
+        return super().__exit__(*args)  # leaves the mode and the module tracker
 
     def _on_meta(self) -> bool:
         firsts = [next(m.parameters(), None) for m in self.components.values()]

@@ -301,3 +301,103 @@ def test_per_shape_passes_share_one_example_forward(tmp_path):
     apply(unet2, PassConfig(passes=("selective_flash", "fused_groupnorm", "winograd"), example_inputs=args,
                             example_kwargs=kwargs, decisions_path=str(tmp_path / "decisions.json")))
     assert len(calls) == 2  # fused_groupnorm does not share: the first forward finishes selective_flash before it
+
+
+class FixedTimes:
+    """measure_interleaved stand-in: each variant's time from its name (deterministic decisions)."""
+
+    TIMES = {"direct": 2.0, "F(2x2,3x3)": 1.0, "F(4x4,3x3)": 1.5, "F(6x6,3x3)": 1.8, "flash": 1.0,
+             "partial_softmax": 2.0}
+
+    def __call__(self, fns, repeats=3, warmup=1, device=None):
+        for fn in fns.values():
+            fn()  # they must run (on real tensors)
+        return {name: [self.TIMES[name]] * 3 for name in fns}
+
+
+def _winograd_choices(log) -> dict[str, list]:
+    return {s.path: sorted(s.new.variant_for.items(), key=repr) for s in log if s.pass_name == "winograd"}
+
+
+def test_per_shape_decisions_come_from_a_meta_forward_and_equal_the_real_forwards(tmp_path, monkeypatch):
+    """apply's example forward runs on meta (the model's weights never see the example): every layer's shape is
+    queued there and decided after it on a real input of that shape; the decisions are those a real forward
+    makes (the fallback when the model cannot run on meta)."""
+    from genscope.passes import base as pbase
+    from genscope.passes import selective_flash, winograd
+
+    monkeypatch.setattr(winograd, "measure_interleaved", FixedTimes())
+    monkeypatch.setattr(selective_flash, "measure_interleaved", FixedTimes())
+    monkeypatch.setattr(winograd, "winograd_oracle", lambda *a, **k: OracleResult("winograd", "w", "float32", 0, 1))
+    devices = []
+
+    def config(path):
+        return PassConfig(passes=("selective_flash", "winograd"), example_inputs=args, example_kwargs=kwargs,
+                          decisions_path=str(tmp_path / path))
+
+    unet, args, kwargs = tiny_unet()
+    unet.register_forward_pre_hook(lambda module, inputs: devices.append(inputs[0].device.type))
+    on_meta = apply(unet, config("a.json"))
+    assert devices == ["meta"]
+    monkeypatch.setattr(pbase, "forward_on_meta", lambda *a: False)  # a model that cannot run on meta
+    devices.clear()
+    unet2, _, _ = tiny_unet()
+    unet2.register_forward_pre_hook(lambda module, inputs: devices.append(inputs[0].device.type))
+    real = apply(unet2, config("b.json"))
+    assert devices == ["cpu"]
+    assert _winograd_choices(on_meta) and _winograd_choices(on_meta) == _winograd_choices(real)
+    assert sorted(map(repr, on_meta.decisions)) == sorted(map(repr, real.decisions))
+    # F(2x2) was "measured" fastest: every layer where it meets the oracle uses it, and the model still computes
+    assert all(v.m == 2 for s in on_meta if s.pass_name == "winograd" for v in s.new.variants_used())
+    assert torch.isfinite(run(unet, args, kwargs)).all()
+
+
+def test_a_model_that_fails_on_meta_gets_the_real_forward(tmp_path, monkeypatch):
+    from genscope.passes import winograd
+
+    monkeypatch.setattr(winograd, "measure_interleaved", FixedTimes())
+    unet, args, kwargs = tiny_unet()
+    devices = []
+    unet.register_forward_pre_hook(lambda module, inputs: devices.append(inputs[0].device.type))
+    # a block whose forward reads a value (a data-dependent branch): no meta tensor has one
+    unet.conv_in.register_forward_hook(lambda module, inputs, out: out if float(out.abs().max()) >= 0 else None)
+    log = apply(unet, PassConfig(passes=("winograd",), example_inputs=args, example_kwargs=kwargs,
+                                 decisions_path=str(tmp_path / "d.json")))
+    assert devices == ["meta", "cpu"]  # tried on meta, then the real forward
+    assert log.decisions and all(r["rule"].startswith("measured") for r in log.decisions)
+    assert any(s.new.variants_used() for s in log)
+
+
+def test_a_layers_oracle_is_cached_by_its_weights(tmp_path, monkeypatch):
+    """The per-layer Winograd oracle runs once per (weights, variant, device, dtype): a second apply with the
+    same weights reads its verdicts ("(cached)"), changed weights are checked again."""
+    from genscope.passes import winograd
+
+    monkeypatch.setattr(winograd, "measure_interleaved", FixedTimes())
+    real_oracle = winograd.winograd_oracle
+    layer_checks = []
+
+    def counting(*a, **k):
+        if k.get("weight") is not None:
+            layer_checks.append(k["weight"].shape)
+        return real_oracle(*a, **k)
+
+    monkeypatch.setattr(winograd, "winograd_oracle", counting)
+    path = str(tmp_path / "d.json")
+    unet, args, kwargs = tiny_unet()
+    first = apply(unet, PassConfig(passes=("winograd",), example_inputs=args, example_kwargs=kwargs,
+                                   decisions_path=path))
+    checked = len(layer_checks)
+    assert checked > 0
+    unet2, _, _ = tiny_unet()
+    second = apply(unet2, PassConfig(passes=("winograd",), example_inputs=args, example_kwargs=kwargs,
+                                     decisions_path=path))
+    assert len(layer_checks) == checked  # nothing checked again
+    layer_results = [r for r in second.oracle if r.what.endswith("(cached)")]
+    assert len(layer_results) == checked
+    assert _winograd_choices(first) == _winograd_choices(second)
+    unet3, _, _ = tiny_unet()
+    with torch.no_grad():
+        unet3.conv_in.weight.mul_(1.5)  # other weights: that layer is checked again, the others are not
+    apply(unet3, PassConfig(passes=("winograd",), example_inputs=args, example_kwargs=kwargs, decisions_path=path))
+    assert layer_checks[checked:] == [unet3.conv_in.weight.shape]

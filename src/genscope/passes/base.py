@@ -34,7 +34,7 @@ from torch import nn
 from genscope.errors import UserError, choice_error
 from genscope.models.layers.triton_support import require_triton, triton_available
 from genscope.passes.decisions import DecisionCache
-from genscope.passes.oracle import OracleResult, PassRefused
+from genscope.passes.oracle import OracleResult, PassRefused, cached_check
 
 IMPL_BACKENDS = ("auto", "torch", "triton")
 WEIGHT_DTYPES = ("bfloat16", "float16")
@@ -288,6 +288,11 @@ class PassContext:
         self.log.oracle.append(result)
         return result
 
+    def cached_check(self, fields: dict[str, Any], check: Callable[[], OracleResult]) -> OracleResult:
+        """``check()`` once per device, dtype and ``fields`` (:func:`genscope.passes.oracle.cached_check`): for a
+        check made on a representative module of a structure, where the fields name that structure."""
+        return cached_check(self.cache, self.pass_name, self.device, self.dtype, fields, check)
+
     def require(self, result: OracleResult) -> None:
         """Record an oracle result; refuse (raise) when it fails."""
         self.record(result)
@@ -306,15 +311,45 @@ class PassContext:
         self.log.pending.append(finish)
 
     def run_example(self) -> None:
-        """One forward on the example inputs, floating tensors cast to the model's current dtype."""
+        """One forward on the example inputs, floating tensors cast to the model's current dtype - for the shapes.
+
+        First on the meta device (:func:`forward_on_meta`): the per-shape choosers see every shape there and
+        decide them from their cache, or queue them and decide after the forward on inputs of that shape
+        (``ConvChooser.decide_deferred``), so the model itself never runs (a paper-scale SD UNet forward is
+        10-20 s of a 2-core CPU's time; its meta forward well under a second). A model that cannot run on
+        meta (a module holding a tensor the forward uses outside its parameters and buffers, a kernel
+        without a meta implementation) gets the real forward instead, in which the choosers decide inline.
+        """
         dtype = model_dtype(self.model)
 
         def cast(x):
             return x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
 
+        args = [cast(x) for x in self.config.example_inputs]
+        kwargs = {k: cast(v) for k, v in dict(self.config.example_kwargs).items()}
+        if self.device.type != "meta" and forward_on_meta(self.model, args, kwargs):
+            return
         with torch.inference_mode():
-            self.model(*[cast(x) for x in self.config.example_inputs],
-                       **{k: cast(v) for k, v in dict(self.config.example_kwargs).items()})
+            self.model(*args, **kwargs)
+
+
+def forward_on_meta(model: nn.Module, args, kwargs) -> bool:
+    """Run ``model`` once with its parameters, buffers and tensor arguments replaced by meta tensors of the
+    same shape, dtype and strides (``torch.func.functional_call``: the model's own tensors are untouched and
+    restored after the call). True if it ran; False if the forward raised (the caller falls back to a real
+    forward)."""
+    from torch.func import functional_call
+
+    def meta(x):
+        return torch.empty_like(x, device="meta") if isinstance(x, torch.Tensor) else x
+
+    state = {name: meta(t) for name, t in [*model.named_parameters(), *model.named_buffers()]}
+    try:
+        with torch.inference_mode():
+            functional_call(model, state, tuple(meta(x) for x in args), {k: meta(v) for k, v in kwargs.items()})
+    except Exception:  # noqa: BLE001 - any failure on meta means: run the real forward (which reports real errors)
+        return False
+    return True
 
 
 class Pass:

@@ -184,9 +184,10 @@ class FusedGroupNormPass(Pass):
                          block.conv1.out_channels, block.time_emb_proj is not None)
             if signature not in checked:
                 checked.add(signature)
-                ctx.require(check_module(self.name, block, new_block,
-                                         _example_block_inputs(block, ctx.device, ctx.dtype),
-                                         what="FusedResnetBlock2D"))
+                ctx.require(ctx.cached_check(
+                    {"what": "FusedResnetBlock2D", "signature": "-".join(map(str, signature)), "impl": ctx.backend},
+                    lambda: check_module(self.name, block, new_block, _example_block_inputs(block, ctx.device, ctx.dtype),
+                                         what="FusedResnetBlock2D")))
             ctx.swap(path, new_block, f"norm1 and norm2 fused with the SiLU that follows each ({where})")
             # the norms, swapped inside the new block (logged so that every replaced module is listed)
             new_block._modules["norm1"] = block.norm1
@@ -208,8 +209,11 @@ class FusedGroupNormPass(Pass):
             if ctx.filter_fn is not None and not ctx.filter_fn(f"{prefix}conv_norm_out", norm):
                 continue
             fused = FusedGroupNormSiLU.from_group_norm(norm, ctx.backend)
-            x = _example_norm_input(norm, ctx.device, ctx.dtype)
-            ctx.require(check_module(self.name, nn.Sequential(norm, act), fused, (x,), what="FusedGroupNormSiLU"))
+            ctx.require(ctx.cached_check(
+                {"what": "FusedGroupNormSiLU", "channels": norm.num_channels, "groups": norm.num_groups,
+                 "impl": ctx.backend},
+                lambda: check_module(self.name, nn.Sequential(norm, act), fused,
+                                     (_example_norm_input(norm, ctx.device, ctx.dtype),), what="FusedGroupNormSiLU")))
             ctx.swap(f"{prefix}conv_norm_out", fused, f"conv_norm_out fused with conv_act ({where})")
             ctx.swap(f"{prefix}conv_act", nn.Identity(), "SiLU applied inside conv_norm_out")
             fused_norm_ids.add(id(norm))

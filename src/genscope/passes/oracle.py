@@ -111,3 +111,24 @@ def check_module(pass_name: str, original: nn.Module, optimized: nn.Module | Cal
     reference = copy.deepcopy(original).to(torch.float64)
     return check_functions(pass_name, what or type(optimized).__name__, optimized, original, reference, inputs,
                            dtype)
+
+
+def cached_check(cache, pass_name: str, device: torch.device, dtype: torch.dtype, fields: dict[str, Any],
+                 check: Callable[[], OracleResult]) -> OracleResult:
+    """``check()``, or its errors as measured before on this device for the same ``fields``.
+
+    ``cache``: a :class:`~genscope.passes.decisions.DecisionCache`; ``fields`` must name everything the
+    verdict depends on besides the device and dtype (the module's structure, its kernels' version, and the
+    SHA-1 of its weights where the check runs on them). A cached verdict is shown as such (``what`` ends
+    in "(cached)").
+    """
+    from genscope.passes.decisions import decision_key
+
+    key = decision_key(f"{pass_name}-oracle", device, dtype, fields)
+    cached = cache.get(key)
+    if cached is not None and {"what", "error", "baseline_error"} <= set(cached):
+        return OracleResult(pass_name, f"{cached['what']} (cached)", str(dtype).removeprefix("torch."),
+                            float(cached["error"]), float(cached["baseline_error"]))
+    result = check()
+    cache.put(key, {"what": result.what, "error": result.error, "baseline_error": result.baseline_error})
+    return result

@@ -34,6 +34,7 @@ executed-FLOP count are in their own modules.
 from __future__ import annotations
 
 import functools
+import hashlib
 from typing import NamedTuple
 
 import torch
@@ -44,7 +45,7 @@ from genscope.passes.base import Pass, PassContext, shallow_clone
 from genscope.passes.decisions import DecisionCache, decision_key, fastest, measure_interleaved
 from genscope.passes.kernels import cpu as kcpu
 from genscope.passes.kernels.winograd_math import TILES
-from genscope.passes.oracle import OracleResult, check_functions
+from genscope.passes.oracle import OracleResult, cached_check, check_functions
 
 PAPER_TILE = 4  # Chen et al. 2023, Sec. 3.3: "we selected a 4x4 tile size"
 # A Winograd convolution runs GEMMs (aten::mm / bmm), which an op-class table files under Linear; its ops run
@@ -147,7 +148,9 @@ class WinogradConv2d(nn.Conv2d):
 
     def _direct_module(self, x: torch.Tensor):
         direct = self.__dict__.get("_direct")
-        return direct if direct is not None and direct.weight.dtype == x.dtype == self.weight.dtype else None
+        if direct is None or x.is_meta:  # a shape probe runs F.conv2d on the meta weight
+            return None
+        return direct if direct.weight.dtype == x.dtype == self.weight.dtype else None
 
     def run_variant(self, x: torch.Tensor, v: Variant) -> torch.Tensor:
         if v == DIRECT:
@@ -167,6 +170,10 @@ class WinogradConv2d(nn.Conv2d):
     def _variant(self, x: torch.Tensor) -> Variant:
         key = (tuple(x.shape), x.dtype, _channels_last(x))
         v = self.variant_for.get(key)
+        if v is None and x.is_meta:  # a shape probe (PassContext.run_example): decided after it, on a real input
+            if self.chooser is not None:
+                self.chooser.defer(self, key)
+            return DIRECT
         if v is None:
             v = self.chooser.decide(self, x) if self.chooser is not None else (self.fixed or DIRECT)
             self.variant_for[key] = v
@@ -193,13 +200,14 @@ class WinogradConv2d(nn.Conv2d):
 def winograd_oracle(m: int, dtype: torch.dtype, device: torch.device | str = "cpu", channels: int = 128,
                     size: int = 16, pass_name: str = "winograd", weight: torch.Tensor | None = None,
                     bias: torch.Tensor | None = None, variant: str = "accurate",
-                    product: str = "model") -> OracleResult:
+                    product: str = "model", u: torch.Tensor | None = None) -> OracleResult:
     """F(m x m) vs direct convolution in ``dtype``, both against direct convolution in float64.
 
     The layer: ``weight``/``bias`` if given (a real layer's, in ``dtype``), else a canonical SD-like one
     (``channels`` in and out, weights ~ N(0, 1/(9C))); the input: SiLU(2 N(0,1) + 0.5) (what a UNet
     convolution sees after GroupNorm + SiLU), [2, C, size, size]. ``variant``: the transforms' points
-    (``accurate`` or ``lavin``); ``product``: ``model`` or ``float32``.
+    (``accurate`` or ``lavin``); ``product``: ``model`` or ``float32``; ``u``: the layer's transformed weight
+    as it will run (else computed from ``weight``).
     """
     gen = torch.Generator("cpu").manual_seed(0)
     if weight is None:
@@ -212,7 +220,7 @@ def winograd_oracle(m: int, dtype: torch.dtype, device: torch.device | str = "cp
         return F.conv2d(x, w, b, padding=1)
 
     def wino(x, w, b):
-        return kcpu.winograd_conv2d(x, kcpu.winograd_weight(w, m, dtype=pdtype, variant=variant), b, m,
+        return kcpu.winograd_conv2d(x, u if u is not None else kcpu.winograd_weight(w, m, dtype=pdtype, variant=variant), b, m,
                                     padding=(1, 1), variant=variant, accumulate_fp32=Variant(m, product).accumulate_fp32)
 
     what = f"winograd {Variant(m, product).name}" + (" (Lavin & Gray points)" if variant == "lavin" and m == 4
@@ -259,6 +267,19 @@ def decision_shape(module: nn.Conv2d, x: torch.Tensor, variants) -> dict:
             "impl": f"{getattr(module, 'backend', 'torch')}-v{KERNEL_VERSION}"}
 
 
+def tensors_sha1(*tensors: torch.Tensor | None) -> str:
+    """SHA-1 of the tensors' shapes, dtypes and bytes (None: skipped in place)."""
+    digest = hashlib.sha1()
+    for t in tensors:
+        if t is None:
+            digest.update(b"none")
+            continue
+        t = t.detach().contiguous()
+        digest.update(f"{tuple(t.shape)}{t.dtype}".encode())
+        digest.update(memoryview(t.reshape(-1).view(torch.uint8).cpu().numpy()))
+    return digest.hexdigest()
+
+
 class ConvChooser:
     """Per-shape choice between direct convolution and the allowed variants, measured once and cached."""
 
@@ -271,17 +292,43 @@ class ConvChooser:
         self.on_decision = on_decision
         self.on_oracle = on_oracle
         self._layer_checked: dict[tuple, bool] = {}
+        self._deferred: list[tuple[WinogradConv2d, tuple]] = []
 
     def _layer_ok(self, module: WinogradConv2d, v: Variant, dtype: torch.dtype) -> bool:
-        """The oracle on this layer's own weights (once per layer object, variant and dtype)."""
+        """The oracle on this layer's own weights (once per layer object, variant and dtype).
+
+        Its verdict is cached per device with the SHA-1 of the weight's and bias's bytes: the same weights
+        (a seeded build, a checkpoint loaded again) are not checked again (0.3-1 s per 1280-channel layer on
+        a 2-core CPU, ~13 s for SD's UNet), other weights always are."""
         key = (id(module.weight), v, dtype)
         if key not in self._layer_checked:
-            result = winograd_oracle(v.m, dtype, self.device, weight=module.weight, bias=module.bias,
-                                     product=v.product, size=12)
+            fields = {"layer": v.name, "k": module.out_channels, "c": module.in_channels, "impl": f"v{KERNEL_VERSION}",
+                      "sha1": tensors_sha1(module.weight, module.bias)}
+            result = cached_check(self.cache, "winograd", self.device, dtype, fields, lambda: winograd_oracle(
+                v.m, dtype, self.device, weight=module.weight, bias=module.bias, product=v.product, size=12,
+                u=module.transformed_weight(v)))
             if self.on_oracle is not None:
                 self.on_oracle(result)
             self._layer_checked[key] = result.ok
         return self._layer_checked[key]
+
+    def defer(self, module: WinogradConv2d, key: tuple) -> None:
+        """Queue (layer, input shape key) met in a shape probe, for :meth:`decide_deferred`."""
+        self._deferred.append((module, key))
+
+    def decide_deferred(self) -> None:
+        """Decide every queued (layer, shape): from the cache, or measured on a random input of that shape
+        (a convolution's time does not depend on the values), in the shape's memory format."""
+        deferred, self._deferred = self._deferred, []
+        gen = torch.Generator("cpu").manual_seed(0)
+        for module, key in deferred:
+            if key in module.variant_for:
+                continue
+            shape, dtype, channels_last = key
+            x = torch.randn(shape, generator=gen).to(self.device, dtype)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            module.variant_for[key] = self.decide(module, x)
 
     def decide(self, module: WinogradConv2d, x: torch.Tensor) -> Variant:
         variants = [v for v in self.variants_by_dtype(x.dtype)
@@ -369,10 +416,12 @@ class WinogradPass(Pass):
                  for path, conv in candidates]
         if chooser is not None and ctx.has_example():
             # every layer measures (or reads its cached decision for) its input shape in the example forward
-            ctx.after_example(lambda: self._keep_used(ctx, swaps))
+            ctx.after_example(lambda: self._keep_used(ctx, swaps, chooser))
 
-    def _keep_used(self, ctx: PassContext, swaps) -> None:
-        """After the example forward: the budget, then undo every swap whose layer chose direct convolution."""
+    def _keep_used(self, ctx: PassContext, swaps, chooser: ConvChooser) -> None:
+        """After the example forward: the shapes it queued decided, the budget, then every swap whose layer
+        chose direct convolution undone."""
+        chooser.decide_deferred()
         self._apply_budget(ctx, swaps)
         for swap in swaps:
             used = swap.new.variants_used()

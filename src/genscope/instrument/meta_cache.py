@@ -7,9 +7,10 @@ whole pipeline spends its time on. :class:`MetaOpCache` runs each distinct call 
 identical calls with fresh meta tensors of the recorded metadata (tens of microseconds), so a second UNet
 forward, or the 16th identical transformer block, costs a fraction of the first.
 
-Counting is unaffected: the mode sits *below* the FLOP counter's (entered first), so torch's counter still
-sees and counts every op with outputs of the same shapes. Only calls that cannot change anything but
-their own outputs are cached:
+Counting is unaffected: the FLOP counter's dispatch mode sees and counts every op, and runs each through
+:meth:`MetaOpCache.run` (called directly: one Python dispatch per op, not a second mode stacked under the
+counter's); the sequence-length tracer enters it as a mode of its own. Only calls that cannot change
+anything but their own outputs are cached:
 
 * every tensor argument is on the meta device, except 0-dim CPU tensors in pointwise ops (a scheduler's
   alpha: its dtype takes part in type promotion, its value decides nothing of the output's metadata);

@@ -85,7 +85,7 @@ class _CountingMode(MetaDispatchMode):
     Triton kernels) are not supported (torch errors out naming the mode); genscope's workloads run none.
     """
 
-    def __init__(self, counter: "FlopCounter", op_cache: MetaOpCache | None) -> None:
+    def __init__(self, counter: FlopCounter, op_cache: MetaOpCache | None) -> None:
         super().__init__()
         self.counter = counter
         self.op_cache = op_cache

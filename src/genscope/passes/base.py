@@ -33,7 +33,7 @@ from torch import nn
 
 from genscope.errors import UserError, choice_error
 from genscope.models.layers.triton_support import require_triton, triton_available
-from genscope.passes.decisions import DecisionCache
+from genscope.passes.decisions import DecisionCache, forward_on_meta
 from genscope.passes.oracle import OracleResult, PassRefused, cached_check
 
 IMPL_BACKENDS = ("auto", "torch", "triton")
@@ -331,25 +331,6 @@ class PassContext:
             return
         with torch.inference_mode():
             self.model(*args, **kwargs)
-
-
-def forward_on_meta(model: nn.Module, args, kwargs) -> bool:
-    """Run ``model`` once with its parameters, buffers and tensor arguments replaced by meta tensors of the
-    same shape, dtype and strides (``torch.func.functional_call``: the model's own tensors are untouched and
-    restored after the call). True if it ran; False if the forward raised (the caller falls back to a real
-    forward)."""
-    from torch.func import functional_call
-
-    def meta(x):
-        return torch.empty_like(x, device="meta") if isinstance(x, torch.Tensor) else x
-
-    state = {name: meta(t) for name, t in [*model.named_parameters(), *model.named_buffers()]}
-    try:
-        with torch.inference_mode():
-            functional_call(model, state, tuple(meta(x) for x in args), {k: meta(v) for k, v in kwargs.items()})
-    except Exception:  # noqa: BLE001 - any failure on meta means: run the real forward (which reports real errors)
-        return False
-    return True
 
 
 class Pass:

@@ -5,6 +5,9 @@ convolution shape, Winograd F(4x4) beats direct convolution") is measured once w
 repetitions (:func:`measure_interleaved`) and stored in a JSON file, keyed by pass, device, dtype and shape:
 ``$GENSCOPE_DECISIONS`` or ``~/.genscope/pass-decisions.json``. The file is data: it is parsed as JSON
 only, unknown or malformed entries are ignored (and re-measured), writes are atomic (temp file + rename).
+
+The shapes to decide come from one forward of the model on the meta device where it can run there
+(:func:`forward_on_meta`, used by :meth:`genscope.passes.base.PassContext.run_example`).
 """
 
 from __future__ import annotations
@@ -126,3 +129,22 @@ def fastest(times: Mapping[str, list[float]], default: str, margin: float = 0.03
     if best != default and medians[best] > (1.0 - margin) * medians[default]:
         best = default
     return best, medians
+
+
+def forward_on_meta(model: torch.nn.Module, args, kwargs) -> bool:
+    """Run ``model`` once with its parameters, buffers and tensor arguments replaced by meta tensors of the
+    same shape, dtype and strides (``torch.func.functional_call``: the model's own tensors are untouched and
+    restored after the call). True if it ran; False if the forward raised (the caller falls back to a real
+    forward)."""
+    from torch.func import functional_call
+
+    def meta(x):
+        return torch.empty_like(x, device="meta") if isinstance(x, torch.Tensor) else x
+
+    state = {name: meta(t) for name, t in [*model.named_parameters(), *model.named_buffers()]}
+    try:
+        with torch.inference_mode():
+            functional_call(model, state, tuple(meta(x) for x in args), {k: meta(v) for k, v in kwargs.items()})
+    except Exception:  # noqa: BLE001 - any failure on meta means: run the real forward (which reports real errors)
+        return False
+    return True

@@ -186,8 +186,9 @@ class FusedGroupNormPass(Pass):
                 checked.add(signature)
                 ctx.require(ctx.cached_check(
                     {"what": "FusedResnetBlock2D", "signature": "-".join(map(str, signature)), "impl": ctx.backend},
-                    lambda: check_module(self.name, block, new_block, _example_block_inputs(block, ctx.device, ctx.dtype),
-                                         what="FusedResnetBlock2D")))
+                    lambda block=block, new_block=new_block: check_module(
+                        self.name, block, new_block, _example_block_inputs(block, ctx.device, ctx.dtype),
+                        what="FusedResnetBlock2D")))
             ctx.swap(path, new_block, f"norm1 and norm2 fused with the SiLU that follows each ({where})")
             # the norms, swapped inside the new block (logged so that every replaced module is listed)
             new_block._modules["norm1"] = block.norm1
@@ -212,8 +213,9 @@ class FusedGroupNormPass(Pass):
             ctx.require(ctx.cached_check(
                 {"what": "FusedGroupNormSiLU", "channels": norm.num_channels, "groups": norm.num_groups,
                  "impl": ctx.backend},
-                lambda: check_module(self.name, nn.Sequential(norm, act), fused,
-                                     (_example_norm_input(norm, ctx.device, ctx.dtype),), what="FusedGroupNormSiLU")))
+                lambda norm=norm, act=act, fused=fused: check_module(
+                    self.name, nn.Sequential(norm, act), fused, (_example_norm_input(norm, ctx.device, ctx.dtype),),
+                    what="FusedGroupNormSiLU")))
             ctx.swap(f"{prefix}conv_norm_out", fused, f"conv_norm_out fused with conv_act ({where})")
             ctx.swap(f"{prefix}conv_act", nn.Identity(), "SiLU applied inside conv_norm_out")
             fused_norm_ids.add(id(norm))

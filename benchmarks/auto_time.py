@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="paper")
     parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--winograd-budget", type=float, default=None,
+                        help="transformed-weight budget as a fraction of the weights (peers.py and `genscope optimize` "
+                             "use 0.276, the paper's growth; default: none)")
     args = parser.parse_args(argv)
     config = preset_config("stable-diffusion", args.preset)
     inputs = unet_inputs(config, args.image_size, torch.device("cpu"))
@@ -40,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     install_attention(unet, "denoiser")
     example = ((inputs["sample"], inputs["timestep"]), {"encoder_hidden_states": inputs["encoder_hidden_states"]})
     start = time.perf_counter()
-    pass_config = PassConfig.auto(unet, example[0], example[1])
+    pass_config = PassConfig.auto(unet, example[0], example[1], winograd_weight_budget=args.winograd_budget)
     chosen = time.perf_counter()
     log = apply_auto(unet, pass_config)
     applied = time.perf_counter()

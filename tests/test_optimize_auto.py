@@ -401,3 +401,16 @@ def test_a_layers_oracle_is_cached_by_its_weights(tmp_path, monkeypatch):
         unet3.conv_in.weight.mul_(1.5)  # other weights: that layer is checked again, the others are not
     apply(unet3, PassConfig(passes=("winograd",), example_inputs=args, example_kwargs=kwargs, decisions_path=path))
     assert layer_checks[checked:] == [unet3.conv_in.weight.shape]
+
+
+@pytest.mark.parametrize("m", [2, 4, 6])
+def test_transformed_weight_blocks_equal_the_one_shot_transform(m, monkeypatch):
+    """U = G g G^T computed a block of output channels at a time (small float64 intermediates) is the same,
+    bit for bit, as the whole layer at once in float64, rounded once - with blocks that do not divide K."""
+    monkeypatch.setattr(kcpu, "U_BLOCK_ELEMENTS", 9 * 6 * 4)  # 4 output channels per block of a C=6 layer
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(11, 6, 3, 3, generator=gen)
+    _, kg, _ = wm.kron_transforms(m, torch.float64, weight.device, "accurate")
+    whole = (kg @ weight.double().permute(2, 3, 0, 1).reshape(9, -1)).reshape(-1, 11, 6)
+    assert torch.equal(kcpu.winograd_weight(weight, m), whole.float())
+    assert torch.equal(kcpu.winograd_weight(weight, m, dtype=torch.bfloat16), whole.to(torch.bfloat16))

@@ -235,21 +235,28 @@ class ConvChooser:
             if key in module.variant_for:
                 continue
             shape, dtype, channels_last = key
-            x = torch.randn(shape, generator=gen).to(self.device, dtype)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            x = torch.empty(shape, dtype=dtype, device=self.device, memory_format=fmt)
+            if self._lookup(module, x)[3] is None:  # to be measured: values to time on
+                x.copy_(torch.randn(shape, generator=gen))
             module.variant_for[key] = self.decide(module, x)
 
-    def decide(self, module: WinogradConv2d, x: torch.Tensor) -> Variant:
+    def _lookup(self, module: WinogradConv2d, x: torch.Tensor) -> tuple[list[Variant], dict, str, dict | None]:
+        """(the layer's candidate variants, the decision's shape fields, its cache key, the cached decision or
+        None) - from ``x``'s shape, dtype and memory format only."""
         variants = [v for v in self.variants_by_dtype(x.dtype)
                     if module.allowed_tiles is None or v.m in module.allowed_tiles]
-        if not variants:
-            return DIRECT
         shape = decision_shape(module, x, variants)
         key = decision_key("winograd", self.device, x.dtype, shape)
         cached = self.cache.get(key)
         names = {v.name for v in variants} | {"direct"}
-        if cached is not None and cached.get("choice") in names:
+        return variants, shape, key, cached if cached is not None and cached.get("choice") in names else None
+
+    def decide(self, module: WinogradConv2d, x: torch.Tensor) -> Variant:
+        variants, shape, key, cached = self._lookup(module, x)
+        if not variants:
+            return DIRECT
+        if cached is not None:
             v = Variant.parse(cached["choice"])
             medians = {k[: -len("_ms")]: t for k, t in cached.items() if k.endswith("_ms")}
             row = {**shape, "dtype": str(x.dtype), **cached, "rule": "measured (cached)"}
@@ -337,6 +344,8 @@ class WinogradPass(Pass):
             used = swap.new.variants_used()
             if used:
                 swap.reason = f"{', '.join(sorted(v.name for v in used))}: measured faster than direct convolution"
+                for v in used:
+                    swap.new.transformed_weight(v)  # precomputed now, not in the model's first forward
                 continue
             swap.undo()  # direct convolution won, the layer did not run, or it did not fit the budget
             ctx.log.remove(swap)

@@ -14,6 +14,7 @@ both measured errors. Relative error = ||out - ref||_2 / ||ref||_2 over the whol
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -132,3 +133,16 @@ def cached_check(cache, pass_name: str, device: torch.device, dtype: torch.dtype
     result = check()
     cache.put(key, {"what": result.what, "error": result.error, "baseline_error": result.baseline_error})
     return result
+
+
+def tensors_sha1(*tensors: torch.Tensor | None) -> str:
+    """SHA-1 of the tensors' shapes, dtypes and bytes (None: skipped in place)."""
+    digest = hashlib.sha1()
+    for t in tensors:
+        if t is None:
+            digest.update(b"none")
+            continue
+        t = t.detach().contiguous()
+        digest.update(f"{tuple(t.shape)}{t.dtype}".encode())
+        digest.update(memoryview(t.reshape(-1).view(torch.uint8).cpu().numpy()))
+    return digest.hexdigest()

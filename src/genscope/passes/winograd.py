@@ -33,8 +33,6 @@ the transforms, kernels and the executed-FLOP count are in their own modules.
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,7 +41,7 @@ from genscope.passes.base import Pass, PassContext, shallow_clone
 from genscope.passes.decisions import DecisionCache, decision_key, fastest, measure_interleaved
 from genscope.passes.kernels import cpu as kcpu
 from genscope.passes.kernels.winograd_math import TILES
-from genscope.passes.oracle import cached_check
+from genscope.passes.oracle import cached_check, tensors_sha1
 from genscope.passes.winograd_variants import (  # noqa: F401 - re-exported
     DIRECT,
     LOW_PRECISION,
@@ -175,19 +173,6 @@ def decision_shape(module: nn.Conv2d, x: torch.Tensor, variants) -> dict:
             "pad": "x".join(str(p) for p in module.padding), "cl": int(_channels_last(x)),
             "variants": "+".join(v.name for v in variants),
             "impl": f"{getattr(module, 'backend', 'torch')}-v{KERNEL_VERSION}"}
-
-
-def tensors_sha1(*tensors: torch.Tensor | None) -> str:
-    """SHA-1 of the tensors' shapes, dtypes and bytes (None: skipped in place)."""
-    digest = hashlib.sha1()
-    for t in tensors:
-        if t is None:
-            digest.update(b"none")
-            continue
-        t = t.detach().contiguous()
-        digest.update(f"{tuple(t.shape)}{t.dtype}".encode())
-        digest.update(memoryview(t.reshape(-1).view(torch.uint8).cpu().numpy()))
-    return digest.hexdigest()
 
 
 class ConvChooser:

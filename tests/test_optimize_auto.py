@@ -414,3 +414,23 @@ def test_transformed_weight_blocks_equal_the_one_shot_transform(m, monkeypatch):
     whole = (kg @ weight.double().permute(2, 3, 0, 1).reshape(9, -1)).reshape(-1, 11, 6)
     assert torch.equal(kcpu.winograd_weight(weight, m), whole.float())
     assert torch.equal(kcpu.winograd_weight(weight, m, dtype=torch.bfloat16), whole.to(torch.bfloat16))
+
+
+def test_a_malformed_cached_oracle_entry_is_checked_again(tmp_path):
+    from genscope.passes.oracle import cached_check
+
+    cache = DecisionCache(tmp_path / "d.json")
+    calls = []
+
+    def check():
+        calls.append(1)
+        return OracleResult("p", "thing", "float32", 1e-7, 1e-7)
+
+    fields = {"what": "thing"}
+    first = cached_check(cache, "p", torch.device("cpu"), torch.float32, fields, check)
+    again = cached_check(cache, "p", torch.device("cpu"), torch.float32, fields, check)
+    assert len(calls) == 1 and again.what == "thing (cached)" and (again.error, again.ok) == (first.error, first.ok)
+    key = next(iter(cache._load()))
+    cache.put(key, {"what": "thing", "error": "not a number", "baseline_error": None})
+    assert cached_check(cache, "p", torch.device("cpu"), torch.float32, fields, check).what == "thing"
+    assert len(calls) == 2

@@ -100,6 +100,7 @@ def run() -> None:
         os._exit(int(code or 0))
     sys.exit(code)
 
+
 if __name__ == "__main__":
     # `python -m genscope.cli`: run the imported module, whose COMMANDS the command modules register into
     from genscope.cli import run as _run

@@ -72,6 +72,9 @@ _METADATA_OPS = frozenset({
     torch.ops.prim.layout.default})
 
 
+_COMPOSITE = torch._C.DispatchKey.CompositeImplicitAutograd
+
+
 class _CountingMode(MetaDispatchMode):
     """The dispatch mode of :class:`FlopCounter`: torch's ``FlopCounterMode`` dispatch, same decisions, less work.
 
@@ -101,7 +104,8 @@ class _CountingMode(MetaDispatchMode):
                 out = func.decompose(*args, **kwargs)
             if out is not NotImplemented:
                 return out
-            self.not_composite.add(func)
+            if _COMPOSITE not in func.py_kernels:  # a Python decomposition may decline for some arguments only
+                self.not_composite.add(func)
         out = self.op_cache.run(func, args, kwargs) if self.op_cache is not None else func(*args, **kwargs)
         return self.counter._count_flops(func._overloadpacket, out, args, kwargs)
 

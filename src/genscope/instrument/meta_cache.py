@@ -83,9 +83,9 @@ class MetaDispatchMode(TorchDispatchMode):
     torch wraps every mode's ``__torch_dispatch__`` in ``torch._disable_dynamo`` (four eval-frame switches per
     op call) unless the class's ``_should_skip_dynamo()`` says False, the opt-out torch documents on
     ``TorchDispatchMode._should_skip_dynamo`` for modes that are not traced. genscope's counting and caching
-    modes run eagerly (a meta-device count or trace; a FLOP count of an eager model); without the wrapper a paper-scale count of the eight workloads
-    took 9.0-9.3 s instead of 10.5-11.3 s (this VM, two runs each). With a torch that has no such hook the
-    classmethod is simply never asked."""
+    modes run eagerly (a meta-device count or trace; a FLOP count of an eager model); without the wrapper a
+    paper-scale count of the eight workloads took 9.0-9.3 s instead of 10.5-11.3 s (this VM, two runs each).
+    With a torch that has no such hook the classmethod is simply never asked."""
 
     @classmethod
     def _should_skip_dynamo(cls) -> bool:

@@ -126,10 +126,12 @@ def cached_check(cache, pass_name: str, device: torch.device, dtype: torch.dtype
     from genscope.passes.decisions import decision_key
 
     key = decision_key(f"{pass_name}-oracle", device, dtype, fields)
-    cached = cache.get(key)
-    if cached is not None and {"what", "error", "baseline_error"} <= set(cached):
-        return OracleResult(pass_name, f"{cached['what']} (cached)", str(dtype).removeprefix("torch."),
-                            float(cached["error"]), float(cached["baseline_error"]))
+    cached = cache.get(key) or {}
+    try:  # the file is data: an entry that is not two numbers and a name is checked again
+        errors = float(cached["error"]), float(cached["baseline_error"])
+        return OracleResult(pass_name, f"{str(cached['what'])} (cached)", str(dtype).removeprefix("torch."), *errors)
+    except (KeyError, TypeError, ValueError):
+        pass
     result = check()
     cache.put(key, {"what": result.what, "error": result.error, "baseline_error": result.baseline_error})
     return result

@@ -82,8 +82,8 @@ def run() -> None:
     alone: the collector's thresholds (:data:`CLI_GC_THRESHOLD`), and how the process ends. Once the command
     is done, the exit handlers run (``atexit``: logging's flush, Ray's shutdown, torch's) and the streams are
     flushed, then the process leaves with ``os._exit`` instead of tearing down every module: the
-    interpreter's shutdown walks the object graph of torch, diffusers and transformers several times (2.0-2.4 s
-    after a paper-scale ``characterize`` on the 2-core development VM; ``gc.freeze()`` avoided most of it but
+    interpreter's shutdown walks the object graph of torch, diffusers and transformers several times (2.2 s
+    after a paper-scale ``characterize`` on the 2-core development VM, one run; ``gc.freeze()`` avoided most of it but
     made triton's nanobind extension, which torch's FLOP counter imports where triton is installed, print
     every frozen object as "leaked"). A command that left a non-daemon thread running exits the usual way,
     which waits for it. The store's connections are closed by then (each operation opens and closes its own).
